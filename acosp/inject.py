@@ -1,0 +1,202 @@
+"""Walking a model: wrap its convs with masks, harden the masks, fold them back into plain convs.
+
+A masked conv is a ``MaskedConv`` container whose child ``0`` is the original conv and child ``1``
+the mask layer, so state dict keys read ``<conv>.0.weight``, ``<conv>.1.weight`` (logits) and
+``<conv>.1.mask``, the layout of the original publication's checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import torch
+from torch import nn
+
+from acosp.masks import ChannelMask, SigmoidSoftTopK, num_kept_channels
+
+PRUNABLE_TYPES = (nn.Conv2d, nn.ConvTranspose2d)
+
+
+class UnprunableConv2d(nn.Conv2d):
+    """A conv that must keep its width (a classifier, say); ``configure_model`` leaves it alone."""
+
+    unprunable = True
+
+
+class MaskedConv(nn.Sequential):
+    """A conv followed by the mask of its output channels (before any BatchNorm)."""
+
+    def __init__(self, conv: nn.Module, mask: nn.Module):
+        super().__init__(conv, mask)
+
+    @property
+    def conv(self) -> nn.Module:
+        return self[0]
+
+    @property
+    def mask_layer(self) -> nn.Module:
+        return self[1]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside ``DataParallel`` / ``DistributedDataParallel``, or the model itself."""
+    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        model = model.module
+    return model
+
+
+def is_prunable(module: nn.Module) -> bool:
+    return isinstance(module, PRUNABLE_TYPES) and not getattr(module, "unprunable", False)
+
+
+def inject_soft_masks(
+    model: nn.Module,
+    sparsity: float,
+    min_remaining_elements: int = 8,
+    learnable_weights: bool = True,
+    temperature: float = 1.0,
+) -> nn.Module:
+    """Wrap every prunable conv of ``model`` (in place) with a ``SigmoidSoftTopK`` mask.
+
+    Convs that are already masked are skipped, so calling this twice changes nothing; a conv
+    shared by several parents gets one mask.
+    """
+    wrapped: dict[int, MaskedConv] = {}
+
+    def visit(parent: nn.Module) -> None:
+        for name, child in list(parent.named_children()):
+            if isinstance(child, MaskedConv):
+                continue
+            if is_prunable(child):
+                if id(child) not in wrapped:
+                    channels = child.out_channels
+                    k = num_kept_channels(channels, sparsity, min_remaining_elements)
+                    mask = SigmoidSoftTopK(channels, k, learnable_weights=learnable_weights, temperature=temperature)
+                    wrapped[id(child)] = MaskedConv(child, mask.to(child.weight.device))
+                setattr(parent, name, wrapped[id(child)])
+            else:
+                visit(child)
+
+    visit(unwrap(model))
+    return model
+
+
+def named_mask_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """``(name of the masked conv, mask layer)`` for every soft or hard mask, without wrapper prefixes."""
+    for name, module in unwrap(model).named_modules():
+        if isinstance(module, MaskedConv):
+            yield name, module.mask_layer
+
+
+def soft_masks(model: nn.Module) -> list[SigmoidSoftTopK]:
+    return [mask for _, mask in named_mask_layers(model) if isinstance(mask, SigmoidSoftTopK)]
+
+
+def _replace_modules(model: nn.Module, replacement) -> None:
+    """Set each child ``c`` of every module in ``model`` to ``replacement(c)`` when that is not None."""
+    for parent in list(unwrap(model).modules()):
+        for name, child in list(parent.named_children()):
+            new = replacement(child)
+            if new is not None:
+                setattr(parent, name, new)
+
+
+def _rewrap_ddp(ddp: nn.parallel.DistributedDataParallel) -> nn.parallel.DistributedDataParallel:
+    """A new DDP wrapper, with the old one's settings, around the same (changed) module.
+
+    DDP's reducer records the parameters at construction; the hard masks drop the logits, so the
+    old wrapper would wait forever for their gradients.
+    """
+    settings = {
+        "device_ids": ddp.device_ids,
+        "output_device": ddp.output_device,
+        "dim": ddp.dim,
+        "broadcast_buffers": ddp.broadcast_buffers,
+        "process_group": ddp.process_group,
+        "find_unused_parameters": ddp.find_unused_parameters,
+        "gradient_as_bucket_view": ddp.gradient_as_bucket_view,
+        "static_graph": getattr(ddp, "static_graph", False),
+    }
+    if getattr(ddp, "bucket_bytes_cap", None):
+        settings["bucket_cap_mb"] = ddp.bucket_bytes_cap / (1024 * 1024)
+    return nn.parallel.DistributedDataParallel(ddp.module, **settings)
+
+
+def soft_to_hard_k(model: nn.Module) -> nn.Module:
+    """Replace every soft mask by the hard mask of its top-k logits; returns the model.
+
+    Works before any training step. For a ``DistributedDataParallel`` model a new wrapper is
+    returned (all ranks must call this together): use ``model = soft_to_hard_k(model)``.
+    """
+    _replace_modules(model, lambda child: ChannelMask.from_soft(child) if isinstance(child, SigmoidSoftTopK) else None)
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        return _rewrap_ddp(model)
+    return model
+
+
+def _output_channel_weight(conv: nn.Module, per_channel: torch.Tensor) -> torch.Tensor:
+    """Broadcast a [out_channels] vector to the shape of ``conv.weight``."""
+    weight = conv.weight
+    spatial = [1] * (weight.dim() - 2)
+    if isinstance(conv, nn.ConvTranspose2d):
+        # weight: [in, out / groups, kh, kw]; output channel g * (out / groups) + j sits in group g, column j.
+        groups = conv.groups
+        in_per_group, out_per_group = weight.shape[0] // groups, weight.shape[1]
+        per_group = per_channel.view(groups, 1, out_per_group, *spatial)
+        shape = (groups, in_per_group, out_per_group, *weight.shape[2:])
+        return per_group.expand(shape).reshape(weight.shape)
+    return per_channel.view(-1, 1, *spatial).expand(weight.shape)
+
+
+@torch.no_grad()
+def fold_mask_into_conv(conv: nn.Module, mask: torch.Tensor, reinitialize: bool = False) -> nn.Module:
+    """Multiply the conv's filters and bias by a binary output-channel mask, in place.
+
+    With ``reinitialize`` the pruned filters get fresh Xavier-normal weights and a zero bias instead.
+    """
+    mask = mask.to(conv.weight.device, conv.weight.dtype)
+    keep = _output_channel_weight(conv, mask)
+    if reinitialize:
+        fresh = nn.init.xavier_normal_(torch.empty_like(conv.weight))
+        conv.weight.copy_(torch.where(keep > 0.5, conv.weight, fresh))
+    else:
+        conv.weight.mul_(keep)
+    if conv.bias is not None:
+        conv.bias.mul_(mask)
+    return conv
+
+
+def hard_to_conv(model: nn.Module, reinitialize: bool = False) -> nn.Module:
+    """Fold every hard mask into its conv and drop the mask layers; returns the model.
+
+    The convs stay trainable. Soft masks must be hardened first (``soft_to_hard_k``).
+    """
+    for name, mask in named_mask_layers(model):
+        if not isinstance(mask, ChannelMask):
+            raise ValueError(f"layer '{name}' still has a soft mask: call acosp.inject.soft_to_hard_k(model) first")
+
+    def fold(child: nn.Module) -> nn.Module | None:
+        if isinstance(child, MaskedConv):
+            return fold_mask_into_conv(child.conv, child.mask_layer.mask, reinitialize)
+        return None
+
+    _replace_modules(model, fold)
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        return _rewrap_ddp(model)
+    return model
+
+
+def prepare_for_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Harden the soft masks whose entries in ``state_dict`` come from a hard mask (no logits).
+
+    So a checkpoint saved after ``soft_to_hard_k`` loads into a freshly configured model.
+    Keys may carry the ``module.`` prefix of DataParallel / DDP.
+    """
+    keys = {key[len("module.") :] if key.startswith("module.") else key for key in state_dict}
+    to_harden = {
+        mask
+        for name, mask in named_mask_layers(model)
+        if isinstance(mask, SigmoidSoftTopK) and f"{name}.1.mask" in keys and f"{name}.1.weight" not in keys
+    }
+    _replace_modules(model, lambda child: ChannelMask.from_soft(child) if child in to_harden else None)
+    return model

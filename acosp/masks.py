@@ -1,0 +1,172 @@
+"""The ACoSP channel masks: the soft sigmoid top-k mask that is learned, and the hard one it becomes.
+
+A mask layer multiplies the output channels of the conv in front of it. The soft layer derives its
+mask from learnable logits on every forward pass (so train and eval always agree with the current
+logits and temperature) and keeps a detached copy in the ``mask`` buffer for checkpoints and logs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+# The smallest standard deviation used to normalise the logits, so that near-equal logits do not
+# blow up into huge normalised values.
+MIN_STD = 1e-3
+
+
+def num_kept_channels(channels: int, sparsity: float, min_remaining_elements: int = 8) -> int:
+    """How many of ``channels`` output channels a layer keeps at ``sparsity``.
+
+    ``k = min(C, max(ceil((1 - s) * C), m))``. The product is nudged down by 1e-9 before the ceiling
+    so that float error (``(1 - 0.7) * 10 == 3.0000000000000004``) does not keep an extra channel.
+    """
+    if channels < 1:
+        raise ValueError(f"a masked layer needs at least one channel, got {channels}")
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must lie in [0, 1), got {sparsity}")
+    if min_remaining_elements < 0:
+        raise ValueError(f"min_remaining_elements must be >= 0, got {min_remaining_elements}")
+    wanted = math.ceil((1.0 - sparsity) * channels - 1e-9)
+    return min(channels, max(wanted, min_remaining_elements, 1))
+
+
+def normalize_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit standard deviation (at least ``MIN_STD``), in float32."""
+    logits = logits.float()
+    if logits.numel() < 2:
+        return logits - logits.mean()
+    return (logits - logits.mean()) / logits.std().clamp_min(MIN_STD)
+
+
+def top_k_threshold(z: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``1 - k/C`` quantile of ``z`` (linear interpolation), detached: exactly k values lie above it.
+
+    Computed from the two order statistics it falls between, and kept strictly below the lower of
+    the k largest values, which rounding could otherwise reach.
+    """
+    channels = z.numel()
+    ordered = torch.sort(z.detach().flatten()).values
+    below, above = ordered[channels - k - 1], ordered[channels - k]
+    x0 = below + (k / channels) * (above - below)
+    return torch.minimum(x0, torch.nextafter(above, below))
+
+
+def sigmoid_soft_top_k(logits: torch.Tensor, k: int, tau: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The soft top-k mask of ``logits`` at temperature ``tau``: ``(mask, x0)``.
+
+    ``mask = sigmoid((z - x0) / tau)`` with ``z`` the normalised logits and ``x0`` their top-k
+    threshold, so exactly ``k`` entries exceed 0.5 and the mask tends to the hard top-k mask as
+    ``tau -> 0``. When ``k == C`` every channel is kept: the mask is all ones and ``x0 = -inf``
+    (the mask still depends on the logits, with zero gradient, so that DistributedDataParallel
+    sees every logit used).
+    """
+    if logits.dim() != 1:
+        raise ValueError(f"logits must be a 1-D tensor of per-channel scores, got shape {tuple(logits.shape)}")
+    channels = logits.numel()
+    if not 1 <= k <= channels:
+        raise ValueError(f"k must lie in [1, {channels}] for {channels} channels, got {k}")
+    tau = torch.as_tensor(tau, dtype=torch.float32, device=logits.device)
+    if not bool(tau > 0):
+        raise ValueError(f"the temperature must be positive, got {float(tau)}")
+    z = normalize_logits(logits)
+    if k == channels:
+        return z * 0.0 + 1.0, torch.tensor(float("-inf"), device=logits.device)
+    x0 = top_k_threshold(z, k)
+    return torch.sigmoid((z - x0) / tau), x0
+
+
+def _per_channel(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Shape a [C] mask to broadcast over dimension 1 of ``x``, in ``x``'s dtype (so AMP stays in half)."""
+    return mask.to(x.dtype).view(1, -1, *([1] * (x.dim() - 2)))
+
+
+class SigmoidSoftTopK(nn.Module):
+    """The learnable soft mask of one conv: logits ``weight``, buffers ``mask`` and ``temperature``."""
+
+    def __init__(self, num_channels: int, k: int, learnable_weights: bool = True, temperature: float = 1.0):
+        super().__init__()
+        if not 1 <= k <= num_channels:
+            raise ValueError(f"k must lie in [1, {num_channels}] for {num_channels} channels, got {k}")
+        self.num_channels = num_channels
+        self.k = k
+        self.learnable_weights = learnable_weights
+        logits = torch.randn(num_channels)
+        if learnable_weights:
+            self.weight = nn.Parameter(logits)
+        else:
+            self.register_buffer("weight", logits)
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+        self.register_buffer("mask", torch.ones(num_channels))
+        self.refresh_mask()
+
+    def compute_mask(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mask and threshold of the current logits and temperature (with autograd)."""
+        return sigmoid_soft_top_k(self.weight, self.k, self.temperature)
+
+    @torch.no_grad()
+    def refresh_mask(self) -> None:
+        """Bring the ``mask`` buffer up to date with the logits and temperature."""
+        self.mask.copy_(self.compute_mask()[0])
+
+    def set_temperature(self, value: float) -> None:
+        if not value > 0:
+            raise ValueError(f"the temperature must be positive, got {value}")
+        self.temperature.fill_(value)
+        self.refresh_mask()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = self.compute_mask()[0]
+        with torch.no_grad():
+            self.mask.copy_(mask)
+        return x * _per_channel(mask, x)
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        # Checkpoints of the original publication's code have no temperature buffer: keep ours.
+        has_temperature = prefix + "temperature" in state_dict
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        if not has_temperature and prefix + "temperature" in missing_keys:
+            missing_keys.remove(prefix + "temperature")
+        self.refresh_mask()
+
+    def extra_repr(self) -> str:
+        temperature = float(self.temperature)
+        return f"{self.num_channels}, k={self.k}, temperature={temperature:.4g}, learnable={self.learnable_weights}"
+
+
+class ChannelMask(nn.Module):
+    """A fixed binary mask over output channels: what a soft mask becomes when pruning ends."""
+
+    def __init__(self, mask: torch.Tensor):
+        super().__init__()
+        if mask.dim() != 1:
+            raise ValueError(f"a channel mask must be 1-D, got shape {tuple(mask.shape)}")
+        self.register_buffer("mask", mask.detach().clone().float())
+
+    @classmethod
+    def from_soft(cls, soft: SigmoidSoftTopK) -> ChannelMask:
+        """Exactly the ``k`` channels with the largest logits (ties broken by ``torch.topk``)."""
+        logits = soft.weight.detach().float()
+        mask = torch.zeros_like(logits)
+        mask[torch.topk(logits, soft.k).indices] = 1.0
+        return cls(mask)
+
+    @property
+    def num_channels(self) -> int:
+        return self.mask.numel()
+
+    @property
+    def k(self) -> int:
+        return int((self.mask > 0.5).sum())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * _per_channel(self.mask, x)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_channels}, kept={self.k}"

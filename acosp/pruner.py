@@ -1,0 +1,131 @@
+"""SoftTopKPruner: the schedule a training loop follows (configure, anneal per epoch, harden, log)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from torch import nn
+
+from acosp import inject, stats
+
+_STATE_KEYS = (
+    "starting_epoch",
+    "ending_epoch",
+    "final_sparsity",
+    "active",
+    "min_remaining_elements",
+    "initial_temp",
+    "final_temp",
+    "learnable_weights",
+)
+
+
+def annealed_temperature(
+    epoch: float, starting_epoch: int, ending_epoch: int, initial_temp: float, final_temp: float
+) -> float:
+    """Log-linear interpolation from ``initial_temp`` at ``starting_epoch`` to ``final_temp`` at ``ending_epoch``.
+
+    Constant before the start and after the end; with ``starting_epoch == ending_epoch`` it jumps
+    to ``final_temp`` at that epoch.
+    """
+    if ending_epoch == starting_epoch:
+        progress = 1.0 if epoch >= ending_epoch else 0.0
+    else:
+        progress = min(max((epoch - starting_epoch) / (ending_epoch - starting_epoch), 0.0), 1.0)
+    return math.exp(math.log(initial_temp) - progress * (math.log(initial_temp) - math.log(final_temp)))
+
+
+class SoftTopKPruner:
+    """Auto-Compressing Subset Pruning with sigmoid soft top-k channel masks.
+
+    ``configure_model`` masks every prunable conv; call ``update_mask_layers(model, epoch)`` after
+    each training epoch to anneal the temperature, and ``acosp.inject.soft_to_hard_k(model)`` (or
+    ``on_pruning_end``) when ``epoch == ending_epoch``.
+    """
+
+    def __init__(
+        self,
+        starting_epoch: int = 0,
+        ending_epoch: int = 100,
+        final_sparsity: float = 0.5,
+        active: bool = True,
+        min_remaining_elements: int = 8,
+        initial_temp: float = 1.0,
+        final_temp: float = 0.001,
+        learnable_weights: bool = True,
+    ):
+        if not 0.0 <= final_sparsity < 1.0:
+            raise ValueError(f"final_sparsity must lie in [0, 1), got {final_sparsity}")
+        if starting_epoch < 0:
+            raise ValueError(f"starting_epoch must be >= 0, got {starting_epoch}")
+        if ending_epoch < starting_epoch:
+            raise ValueError(f"ending_epoch ({ending_epoch}) must not come before starting_epoch ({starting_epoch})")
+        if not (initial_temp > 0 and final_temp > 0):
+            raise ValueError(f"temperatures must be positive, got initial_temp={initial_temp}, final_temp={final_temp}")
+        if int(min_remaining_elements) != min_remaining_elements or min_remaining_elements < 0:
+            raise ValueError(f"min_remaining_elements must be a non-negative integer, got {min_remaining_elements}")
+        self.starting_epoch = int(starting_epoch)
+        self.ending_epoch = int(ending_epoch)
+        self.final_sparsity = float(final_sparsity)
+        self.active = bool(active)
+        self.min_remaining_elements = int(min_remaining_elements)
+        self.initial_temp = float(initial_temp)
+        self.final_temp = float(final_temp)
+        self.learnable_weights = bool(learnable_weights)
+
+    def temperature(self, epoch: float) -> float:
+        """The temperature the masks get after training epoch ``epoch``."""
+        return annealed_temperature(epoch, self.starting_epoch, self.ending_epoch, self.initial_temp, self.final_temp)
+
+    def configure_model(self, model: nn.Module) -> nn.Module:
+        """Add a soft mask to every prunable conv (in place; a no-op when inactive)."""
+        if not self.active:
+            return model
+        return inject.inject_soft_masks(
+            model,
+            self.final_sparsity,
+            min_remaining_elements=self.min_remaining_elements,
+            learnable_weights=self.learnable_weights,
+            temperature=self.initial_temp,
+        )
+
+    def update_mask_layers(self, model: nn.Module, epoch: int) -> None:
+        """Set every soft mask to the temperature of ``epoch``."""
+        if not self.active:
+            return
+        temperature = self.temperature(epoch)
+        for mask in inject.soft_masks(model):
+            mask.set_temperature(temperature)
+
+    def on_pruning_end(self, model: nn.Module) -> nn.Module:
+        """Harden the masks and stop pruning; returns the model (a new wrapper for DDP)."""
+        model = inject.soft_to_hard_k(model)
+        self.active = False
+        return model
+
+    def collect_logs(self, writer: Any, model: nn.Module, step: int) -> dict[str, float]:
+        """Write the pruning statistics with ``writer.add_scalar(tag, value, step)`` and return them.
+
+        ``writer`` may be None to only compute them; see ``acosp.stats.mask_statistics``.
+        """
+        logs = stats.mask_statistics(model)
+        if writer is not None:
+            for tag, value in logs.items():
+                writer.add_scalar(tag, value, step)
+        return logs
+
+    def state_dict(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in _STATE_KEYS}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = [key for key in _STATE_KEYS if key not in state]
+        unknown = [key for key in state if key not in _STATE_KEYS]
+        if missing or unknown:
+            raise ValueError(f"not a SoftTopKPruner state: missing keys {missing}, unknown keys {unknown}")
+        restored = SoftTopKPruner(**state)
+        self.__dict__.update(restored.__dict__)
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{key}={getattr(self, key)!r}" for key in _STATE_KEYS)
+        return f"SoftTopKPruner({settings})"

@@ -1,0 +1,32 @@
+"""Installs the ``acosp`` library; ``model``, ``util`` and ``tool`` run from the repository root."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).parent
+version = next(
+    line.split('"')[1]
+    for line in (here / "acosp" / "__init__.py").read_text().splitlines()
+    if line.startswith("__version__")
+)
+
+setup(
+    name="acosp",
+    version=version,
+    description="Auto-Compressing Subset Pruning: channel pruning of CNNs during training",
+    long_description=(here / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    packages=find_packages(include=["acosp", "acosp.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "torch>=2.0",
+        "numpy",
+        "opencv-python-headless",
+        "pyyaml",
+        "tensorboardX",
+        "tqdm",
+    ],
+    extras_require={"test": ["pytest>=7", "ruff>=0.5"]},
+)
