@@ -64,8 +64,9 @@ def inject_soft_masks(
     wrapped: dict[int, MaskedConv] = {}
 
     def visit(parent: nn.Module) -> None:
-        for name, child in list(parent.named_children()):
-            if isinstance(child, MaskedConv):
+        # Not named_children(): it hides a module's second appearance under the same parent.
+        for name, child in list(parent._modules.items()):
+            if child is None or isinstance(child, MaskedConv):
                 continue
             if is_prunable(child):
                 if id(child) not in wrapped:
@@ -95,8 +96,8 @@ def soft_masks(model: nn.Module) -> list[SigmoidSoftTopK]:
 def _replace_modules(model: nn.Module, replacement) -> None:
     """Set each child ``c`` of every module in ``model`` to ``replacement(c)`` when that is not None."""
     for parent in list(unwrap(model).modules()):
-        for name, child in list(parent.named_children()):
-            new = replacement(child)
+        for name, child in list(parent._modules.items()):
+            new = None if child is None else replacement(child)
             if new is not None:
                 setattr(parent, name, new)
 
@@ -119,7 +120,15 @@ def _rewrap_ddp(ddp: nn.parallel.DistributedDataParallel) -> nn.parallel.Distrib
     }
     if getattr(ddp, "bucket_bytes_cap", None):
         settings["bucket_cap_mb"] = ddp.bucket_bytes_cap / (1024 * 1024)
+    ddp.register_forward_pre_hook(_refuse_stale_wrapper)
     return nn.parallel.DistributedDataParallel(ddp.module, **settings)
+
+
+def _refuse_stale_wrapper(module: nn.Module, args) -> None:
+    raise RuntimeError(
+        "this DistributedDataParallel wrapper was built before the masks were hardened and still waits for "
+        "the dropped logits; use the wrapper returned by the conversion: model = acosp.inject.soft_to_hard_k(model)"
+    )
 
 
 def soft_to_hard_k(model: nn.Module) -> nn.Module:
