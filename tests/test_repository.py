@@ -1,0 +1,83 @@
+"""The repository's own pieces: atomic writes, the figure script, what ``pip install .`` ships."""
+
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import cv2
+import pytest
+
+from util.atomic import atomic_path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_atomic_path_replaces_only_on_success(tmp_path):
+    target = tmp_path / "sub" / "result.csv"
+    with atomic_path(target) as temporary:
+        temporary.write_text("first")
+    assert target.read_text() == "first"
+    with pytest.raises(RuntimeError), atomic_path(target) as temporary:
+        temporary.write_text("half")
+        raise RuntimeError("killed while writing")
+    assert target.read_text() == "first"
+    assert sorted(path.name for path in target.parent.iterdir()) == ["result.csv"]
+
+
+def test_plot_soft_mask_writes_a_png(tmp_path):
+    output = tmp_path / "mask.png"
+    result = subprocess.run(
+        [sys.executable, "tool/plot_soft_mask.py", "--output", str(output), "--channels", "32", "--keep", "8"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    image = cv2.imread(str(output))
+    assert image is not None and image.shape == (520, 900, 3)
+    assert (image < 250).any()  # something was drawn
+
+
+def test_plot_soft_mask_rejects_impossible_keep(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "tool/plot_soft_mask.py", "--output", str(tmp_path / "x.png"), "--keep", "64"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "--keep" in result.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_the_wheel_ships_only_the_library(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    (wheel,) = tmp_path.glob("acosp-*.whl")
+    top_level = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    assert "acosp" in top_level
+    assert not top_level & {"model", "util", "tool", "tests", "config"}
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = archive.read(next(name for name in archive.namelist() if name.endswith("METADATA"))).decode()
+    requirements = [
+        line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")
+    ]
+    names = {re.split(r"[<>=; \[]", requirement)[0] for requirement in requirements}
+    assert {"torch", "numpy", "opencv-python-headless", "pyyaml", "tensorboardX", "tqdm", "pytest"} <= names
+    assert "torchvision" not in names
