@@ -28,5 +28,6 @@ setup(
         "tensorboardX",
         "tqdm",
     ],
-    extras_require={"test": ["pytest>=7", "ruff>=0.5"]},
+    # setuptools: the packaging test builds a wheel without build isolation.
+    extras_require={"test": ["pytest>=7", "ruff>=0.5", "setuptools>=70.1"]},
 )
