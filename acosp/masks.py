@@ -68,12 +68,13 @@ def sigmoid_soft_top_k(logits: torch.Tensor, k: int, tau: float | torch.Tensor) 
     channels = logits.numel()
     if not 1 <= k <= channels:
         raise ValueError(f"k must lie in [1, {channels}] for {channels} channels, got {k}")
-    tau = torch.as_tensor(tau, dtype=torch.float32, device=logits.device)
-    if not bool(tau > 0):
-        raise ValueError(f"the temperature must be positive, got {float(tau)}")
+    # A tensor temperature (a layer's buffer) is validated when it is set: checking it here would
+    # synchronise with the GPU on every forward pass.
+    if not isinstance(tau, torch.Tensor) and not tau > 0:
+        raise ValueError(f"the temperature must be positive, got {tau}")
     z = normalize_logits(logits)
     if k == channels:
-        return z * 0.0 + 1.0, torch.tensor(float("-inf"), device=logits.device)
+        return z * 0.0 + 1.0, z.new_full((), float("-inf"))
     x0 = top_k_threshold(z, k)
     return torch.sigmoid((z - x0) / tau), x0
 

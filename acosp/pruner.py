@@ -18,6 +18,7 @@ _STATE_KEYS = (
     "initial_temp",
     "final_temp",
     "learnable_weights",
+    "finished",
 )
 
 
@@ -54,6 +55,7 @@ class SoftTopKPruner:
         initial_temp: float = 1.0,
         final_temp: float = 0.001,
         learnable_weights: bool = True,
+        finished: bool = False,
     ):
         if not 0.0 <= final_sparsity < 1.0:
             raise ValueError(f"final_sparsity must lie in [0, 1), got {final_sparsity}")
@@ -73,22 +75,29 @@ class SoftTopKPruner:
         self.initial_temp = float(initial_temp)
         self.final_temp = float(final_temp)
         self.learnable_weights = bool(learnable_weights)
+        # Set by on_pruning_end, so that a pruner restored from a checkpoint prepares hard masks.
+        self.finished = bool(finished)
 
     def temperature(self, epoch: float) -> float:
         """The temperature the masks get after training epoch ``epoch``."""
         return annealed_temperature(epoch, self.starting_epoch, self.ending_epoch, self.initial_temp, self.final_temp)
 
     def configure_model(self, model: nn.Module) -> nn.Module:
-        """Add a soft mask to every prunable conv (in place; a no-op when inactive)."""
-        if not self.active:
+        """Add a soft mask to every prunable conv (in place).
+
+        A no-op for an inactive pruner (a dense run); after ``on_pruning_end`` (a pruner restored
+        from a checkpoint, say) the masks are added already hardened, ready for the checkpoint.
+        """
+        if not (self.active or self.finished):
             return model
-        return inject.inject_soft_masks(
+        inject.inject_soft_masks(
             model,
             self.final_sparsity,
             min_remaining_elements=self.min_remaining_elements,
             learnable_weights=self.learnable_weights,
             temperature=self.initial_temp,
         )
+        return inject.soft_to_hard_k(model) if self.finished else model
 
     def update_mask_layers(self, model: nn.Module, epoch: int) -> None:
         """Set every soft mask to the temperature of ``epoch``."""
@@ -102,6 +111,7 @@ class SoftTopKPruner:
         """Harden the masks and stop pruning; returns the model (a new wrapper for DDP)."""
         model = inject.soft_to_hard_k(model)
         self.active = False
+        self.finished = True
         return model
 
     def collect_logs(self, writer: Any, model: nn.Module, step: int) -> dict[str, float]:
@@ -119,6 +129,7 @@ class SoftTopKPruner:
         return {key: getattr(self, key) for key in _STATE_KEYS}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = {"finished": False, **state}
         missing = [key for key in _STATE_KEYS if key not in state]
         unknown = [key for key in state if key not in _STATE_KEYS]
         if missing or unknown:

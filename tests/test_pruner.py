@@ -264,3 +264,29 @@ def test_fixed_logits_prune_without_learning_them():
     optimizer.step()
     assert all(torch.equal(a, m.weight) for a, m in zip(logits, acosp.inject.soft_masks(model)))
     assert all(isinstance(m, SigmoidSoftTopK) for m in acosp.inject.soft_masks(model))
+
+
+def test_pruner_restored_after_pruning_end_prepares_hard_masks():
+    model = SmallCNN()
+    pruner = SoftTopKPruner(0, 2, 0.75, min_remaining_elements=0)
+    pruner.configure_model(model)
+    pruner.on_pruning_end(model)
+    checkpoint = {"model": model.state_dict(), "pruner": pruner.state_dict()}
+
+    restored_pruner = SoftTopKPruner()
+    restored_pruner.load_state_dict(checkpoint["pruner"])
+    restored = SmallCNN()
+    restored_pruner.configure_model(restored)
+    restored.load_state_dict(checkpoint["model"])
+    assert all(isinstance(mask, ChannelMask) for _, mask in named_mask_layers(restored))
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(restored.eval()(x), model.eval()(x))
+    restored_pruner.update_mask_layers(restored, 5)  # nothing left to anneal
+
+
+def test_pruner_state_without_finished_flag_loads():
+    state = SoftTopKPruner(0, 5, 0.5).state_dict()
+    del state["finished"]
+    pruner = SoftTopKPruner()
+    pruner.load_state_dict(state)
+    assert pruner.ending_epoch == 5 and not pruner.finished
