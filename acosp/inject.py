@@ -24,10 +24,31 @@ class UnprunableConv2d(nn.Conv2d):
 
 
 class MaskedConv(nn.Sequential):
-    """A conv followed by the mask of its output channels (before any BatchNorm)."""
+    """A conv followed by the mask of its output channels (before any BatchNorm).
+
+    ``conv(x) * mask`` is computed as a conv with filters and bias scaled by the mask: the same
+    function, without an extra pass over the activations and without keeping the unmasked
+    output for the backward pass. Convs with their own ``forward``, hooks or extra arguments take
+    the literal route, ``mask_layer(conv(x))``.
+    """
 
     def __init__(self, conv: nn.Module, mask: nn.Module):
         super().__init__(conv, mask)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        conv, mask_layer = self[0], self[1]
+        if args or kwargs or conv._forward_hooks or conv._forward_pre_hooks:
+            return mask_layer(conv(x, *args, **kwargs))
+        forward = type(conv).forward
+        if forward is nn.Conv2d.forward:
+            weight, bias = _scaled_parameters(conv, mask_layer.channel_scale())
+            return conv._conv_forward(x, weight, bias)
+        if forward is nn.ConvTranspose2d.forward and conv.padding_mode == "zeros":
+            weight, bias = _scaled_parameters(conv, mask_layer.channel_scale())
+            return nn.functional.conv_transpose2d(
+                x, weight, bias, conv.stride, conv.padding, conv.output_padding, conv.groups, conv.dilation
+            )
+        return mask_layer(conv(x))
 
     @property
     def conv(self) -> nn.Module:
@@ -155,6 +176,13 @@ def _output_channel_weight(conv: nn.Module, per_channel: torch.Tensor) -> torch.
         shape = (groups, in_per_group, out_per_group, *weight.shape[2:])
         return per_group.expand(shape).reshape(weight.shape)
     return per_channel.view(-1, 1, *spatial).expand(weight.shape)
+
+
+def _scaled_parameters(conv: nn.Module, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The conv's weight and bias with every output channel multiplied by ``mask``."""
+    mask = mask.to(conv.weight.dtype)
+    weight = conv.weight * _output_channel_weight(conv, mask)
+    return weight, None if conv.bias is None else conv.bias * mask
 
 
 @torch.no_grad()

@@ -118,11 +118,15 @@ class SigmoidSoftTopK(nn.Module):
         self.temperature.fill_(value)
         self.refresh_mask()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def channel_scale(self) -> torch.Tensor:
+        """The mask to apply now (with autograd); the ``mask`` buffer gets a detached copy."""
         mask = self.compute_mask()[0]
         with torch.no_grad():
             self.mask.copy_(mask)
-        return x * _per_channel(mask, x)
+        return mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * _per_channel(self.channel_scale(), x)
 
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
@@ -165,6 +169,9 @@ class ChannelMask(nn.Module):
     @property
     def k(self) -> int:
         return int((self.mask > 0.5).sum())
+
+    def channel_scale(self) -> torch.Tensor:
+        return self.mask
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * _per_channel(self.mask, x)

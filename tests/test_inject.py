@@ -225,3 +225,55 @@ def test_shared_conv_gets_one_mask():
     SoftTopKPruner(final_sparsity=0.5, min_remaining_elements=0).configure_model(model)
     assert model[0] is model[2]
     assert isinstance(model[0].mask_layer, SigmoidSoftTopK)
+
+
+def _literal(masked: MaskedConv, x: torch.Tensor, *args) -> torch.Tensor:
+    """conv(x) * mask as the paper writes it, through the two child modules."""
+    return masked.mask_layer(masked.conv(x, *args))
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(6, 12, 3, padding=1),
+        nn.Conv2d(6, 12, 3, stride=2, padding=2, dilation=2, bias=False),
+        nn.Conv2d(6, 12, 3, padding=1, groups=3, padding_mode="reflect"),
+        nn.ConvTranspose2d(6, 12, 3, stride=2, padding=1, output_padding=1),
+        nn.ConvTranspose2d(6, 12, 2, stride=2, groups=3, bias=False),
+    ],
+    ids=["bias", "dilated", "grouped-reflect", "transposed", "transposed-grouped"],
+)
+@pytest.mark.parametrize("hard", [False, True])
+def test_masked_conv_computes_conv_times_mask(conv, hard):
+    torch.manual_seed(0)
+    model = nn.Sequential(conv)
+    SoftTopKPruner(final_sparsity=0.5, min_remaining_elements=0).configure_model(model)
+    if hard:
+        soft_to_hard_k(model)
+    masked = model[0]
+    x = torch.randn(2, 6, 9, 9, requires_grad=True)
+    upstream = torch.randn_like(_literal(masked, x))
+    gradients = []
+    for output in (masked(x), _literal(masked, x)):
+        assert output.shape == upstream.shape
+        parameters = [x, *masked.parameters()]
+        gradients.append((output.detach(), torch.autograd.grad((output * upstream).sum(), parameters)))
+    (fused, fused_grads), (literal, literal_grads) = gradients
+    assert torch.allclose(fused, literal, atol=1e-5)
+    for a, b in zip(fused_grads, literal_grads):
+        assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_hooks_and_extra_arguments_take_the_literal_route():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ConvTranspose2d(8, 4, 3, stride=2))
+    SoftTopKPruner(final_sparsity=0.5, min_remaining_elements=0).configure_model(model)
+    seen = []
+    model[0].conv.register_forward_hook(lambda module, args, output: seen.append(output.shape))
+    x = torch.randn(1, 3, 7, 7)
+    y = model[0](x)
+    assert seen == [(1, 8, 5, 5)]
+    assert torch.allclose(y, _literal(model[0], x), atol=1e-6)
+    out = model[1](y, output_size=[12, 12])  # ConvTranspose2d's output_size still works
+    assert out.shape == (1, 4, 12, 12)
+    assert torch.allclose(out, _literal(model[1], y, [12, 12]), atol=1e-6)

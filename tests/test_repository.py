@@ -81,3 +81,17 @@ def test_the_wheel_ships_only_the_library(tmp_path):
     names = {re.split(r"[<>=; \[]", requirement)[0] for requirement in requirements}
     assert {"torch", "numpy", "opencv-python-headless", "pyyaml", "tensorboardX", "tqdm", "pytest"} <= names
     assert "torchvision" not in names
+
+
+def test_mask_overhead_benchmark_runs():
+    result = subprocess.run(
+        [sys.executable, "benchmarks/mask_overhead.py", "--steps", "1", "--batch", "2", "--size", "16"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [line[:13].strip() for line in result.stdout.splitlines()[2:]]
+    assert rows == ["dense", "soft", "soft literal", "hard", "hard literal"]
+    dense_ratios = result.stdout.splitlines()[2].split()[2::2]
+    assert dense_ratios == ["1.000", "1.000"]
