@@ -165,17 +165,20 @@ def soft_to_hard_k(model: nn.Module) -> nn.Module:
 
 
 def _output_channel_weight(conv: nn.Module, per_channel: torch.Tensor) -> torch.Tensor:
-    """Broadcast a [out_channels] vector to the shape of ``conv.weight``."""
-    weight = conv.weight
-    spatial = [1] * (weight.dim() - 2)
+    """Broadcast a [out_channels] vector to the shape of ``conv.weight``.
+
+    Shapes come from the conv's attributes rather than from ``conv.weight``, so that torch.fx can
+    trace a masked network.
+    """
+    groups, kernel = conv.groups, tuple(conv.kernel_size)
+    spatial = [1] * len(kernel)
+    in_per_group, out_per_group = conv.in_channels // groups, conv.out_channels // groups
     if isinstance(conv, nn.ConvTranspose2d):
         # weight: [in, out / groups, kh, kw]; output channel g * (out / groups) + j sits in group g, column j.
-        groups = conv.groups
-        in_per_group, out_per_group = weight.shape[0] // groups, weight.shape[1]
-        per_group = per_channel.view(groups, 1, out_per_group, *spatial)
-        shape = (groups, in_per_group, out_per_group, *weight.shape[2:])
-        return per_group.expand(shape).reshape(weight.shape)
-    return per_channel.view(-1, 1, *spatial).expand(weight.shape)
+        per_group = per_channel.reshape(groups, 1, out_per_group, *spatial)
+        shape = (groups, in_per_group, out_per_group, *kernel)
+        return per_group.expand(shape).reshape(conv.in_channels, out_per_group, *kernel)
+    return per_channel.reshape(-1, 1, *spatial).expand(conv.out_channels, in_per_group, *kernel)
 
 
 def _scaled_parameters(conv: nn.Module, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

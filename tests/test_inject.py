@@ -277,3 +277,18 @@ def test_hooks_and_extra_arguments_take_the_literal_route():
     out = model[1](y, output_size=[12, 12])  # ConvTranspose2d's output_size still works
     assert out.shape == (1, 4, 12, 12)
     assert torch.allclose(out, _literal(model[1], y, [12, 12]), atol=1e-6)
+
+
+def test_hard_masked_network_traces_with_torch_fx():
+    model = soft_to_hard_k(configured(sparsity=0.75)).eval()
+    traced = torch.fx.symbolic_trace(model)
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(traced(x), model(x))
+
+
+def test_fused_masks_keep_the_autocast_dtype():
+    model = configured()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.features[0](x).dtype == torch.bfloat16
+        assert soft_to_hard_k(model).up(model.features(x)).dtype == torch.bfloat16
