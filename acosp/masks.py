@@ -110,7 +110,7 @@ class SigmoidSoftTopK(nn.Module):
     @torch.no_grad()
     def refresh_mask(self) -> None:
         """Bring the ``mask`` buffer up to date with the logits and temperature."""
-        self.mask.copy_(self.compute_mask()[0])
+        self.channel_scale()
 
     def set_temperature(self, value: float) -> None:
         if not value > 0:
