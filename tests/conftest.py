@@ -43,3 +43,9 @@ def make_batches(count: int = 4, batch: int = 4, size: int = 8, classes: int = 3
 def small_cnn():
     torch.manual_seed(0)
     return SmallCNN()
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    """Every test starts from the same random state, whatever ran before it."""
+    torch.manual_seed(0)

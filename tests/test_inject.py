@@ -292,3 +292,14 @@ def test_fused_masks_keep_the_autocast_dtype():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert model.features[0](x).dtype == torch.bfloat16
         assert soft_to_hard_k(model).up(model.features(x)).dtype == torch.bfloat16
+
+
+def test_masked_conv_answers_for_the_conv_attributes():
+    model = configured()
+    masked = model.features[3]
+    assert masked.weight is masked.conv.weight and masked.bias is masked.conv.bias
+    assert (masked.in_channels, masked.out_channels, masked.stride) == (16, 32, (2, 2))
+    assert masked.mask_layer.weight.shape == (32,)  # the logits stay with the mask layer
+    with pytest.raises(AttributeError):
+        masked.no_such_attribute  # noqa: B018
+    assert set(copy.deepcopy(masked).state_dict()) == set(masked.state_dict())

@@ -110,6 +110,8 @@ def test_soft_layer_keeps_a_detached_current_mask_buffer():
 
 def test_set_temperature_refreshes_the_mask():
     layer = SigmoidSoftTopK(32, 8)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randperm(32, generator=torch.Generator().manual_seed(0)).float())
     layer.set_temperature(1e-4)
     assert float(layer.temperature) == pytest.approx(1e-4)
     assert torch.allclose(layer.mask, layer.mask.round(), atol=1e-6)
