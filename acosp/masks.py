@@ -45,7 +45,9 @@ def top_k_threshold(z: torch.Tensor, k: int) -> torch.Tensor:
     """The ``1 - k/C`` quantile of ``z`` (linear interpolation), detached: exactly k values lie above it.
 
     Computed from the two order statistics it falls between, and kept strictly below the lower of
-    the k largest values, which rounding could otherwise reach.
+    the k largest values, which rounding could otherwise reach. (Only a tie of those two order
+    statistics, equal values in float32, leaves fewer than k above it; the hard mask still keeps
+    exactly k.)
     """
     channels = z.numel()
     ordered = torch.sort(z.detach().flatten()).values
