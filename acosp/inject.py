@@ -87,10 +87,11 @@ def inject_soft_masks(
     learnable_weights: bool = True,
     temperature: float = 1.0,
 ) -> nn.Module:
-    """Wrap every prunable conv of ``model`` (in place) with a ``SigmoidSoftTopK`` mask.
+    """Wrap every prunable conv of ``model`` (in place) with a ``SigmoidSoftTopK`` mask; returns the model.
 
     Convs that are already masked are skipped, so calling this twice changes nothing; a conv
-    shared by several parents gets one mask.
+    shared by several parents gets one mask. A DistributedDataParallel model comes back in a new
+    wrapper, so that it synchronises the logits too.
     """
     wrapped: dict[int, MaskedConv] = {}
 
@@ -110,6 +111,8 @@ def inject_soft_masks(
                 visit(child)
 
     visit(unwrap(model))
+    if wrapped and isinstance(model, nn.parallel.DistributedDataParallel):
+        return _rewrap_ddp(model)
     return model
 
 
@@ -124,20 +127,29 @@ def soft_masks(model: nn.Module) -> list[SigmoidSoftTopK]:
     return [mask for _, mask in named_mask_layers(model) if isinstance(mask, SigmoidSoftTopK)]
 
 
-def _replace_modules(model: nn.Module, replacement) -> None:
-    """Set each child ``c`` of every module in ``model`` to ``replacement(c)`` when that is not None."""
+def _replace_modules(model: nn.Module, replacement) -> nn.Module:
+    """Set each child ``c`` of every module in ``model`` to ``replacement(c)`` when that is not None.
+
+    Returns the model, or a new DistributedDataParallel wrapper if the model was one and changed.
+    """
+    changed = False
     for parent in list(unwrap(model).modules()):
         for name, child in list(parent._modules.items()):
             new = None if child is None else replacement(child)
             if new is not None:
                 setattr(parent, name, new)
+                changed = True
+    if changed and isinstance(model, nn.parallel.DistributedDataParallel):
+        return _rewrap_ddp(model)
+    return model
 
 
 def _rewrap_ddp(ddp: nn.parallel.DistributedDataParallel) -> nn.parallel.DistributedDataParallel:
     """A new DDP wrapper, with the old one's settings, around the same (changed) module.
 
-    DDP's reducer records the parameters at construction; the hard masks drop the logits, so the
-    old wrapper would wait forever for their gradients.
+    DDP's reducer records the parameters at construction: after masks are added it would not
+    synchronise the logits, after they are hardened it would wait forever for their gradients.
+    The old wrapper refuses to run from then on.
     """
     settings = {
         "device_ids": ddp.device_ids,
@@ -157,8 +169,9 @@ def _rewrap_ddp(ddp: nn.parallel.DistributedDataParallel) -> nn.parallel.Distrib
 
 def _refuse_stale_wrapper(module: nn.Module, args) -> None:
     raise RuntimeError(
-        "this DistributedDataParallel wrapper was built before the masks were hardened and still waits for "
-        "the dropped logits; use the wrapper returned by the conversion: model = acosp.inject.soft_to_hard_k(model)"
+        "this DistributedDataParallel wrapper was built before acosp changed the network inside it (masks added, "
+        "hardened or folded) and would synchronise the wrong parameters; use the wrapper that call returned, "
+        "e.g. model = acosp.inject.soft_to_hard_k(model) or model = pruner.configure_model(model)"
     )
 
 
@@ -168,10 +181,9 @@ def soft_to_hard_k(model: nn.Module) -> nn.Module:
     Works before any training step. For a ``DistributedDataParallel`` model a new wrapper is
     returned (all ranks must call this together): use ``model = soft_to_hard_k(model)``.
     """
-    _replace_modules(model, lambda child: ChannelMask.from_soft(child) if isinstance(child, SigmoidSoftTopK) else None)
-    if isinstance(model, nn.parallel.DistributedDataParallel):
-        return _rewrap_ddp(model)
-    return model
+    return _replace_modules(
+        model, lambda child: ChannelMask.from_soft(child) if isinstance(child, SigmoidSoftTopK) else None
+    )
 
 
 def _output_channel_weight(conv: nn.Module, per_channel: torch.Tensor) -> torch.Tensor:
@@ -230,10 +242,7 @@ def hard_to_conv(model: nn.Module, reinitialize: bool = False) -> nn.Module:
             return fold_mask_into_conv(child.conv, child.mask_layer.mask, reinitialize)
         return None
 
-    _replace_modules(model, fold)
-    if isinstance(model, nn.parallel.DistributedDataParallel):
-        return _rewrap_ddp(model)
-    return model
+    return _replace_modules(model, fold)
 
 
 def prepare_for_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
@@ -248,5 +257,4 @@ def prepare_for_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tens
         for name, mask in named_mask_layers(model)
         if isinstance(mask, SigmoidSoftTopK) and f"{name}.1.mask" in keys and f"{name}.1.weight" not in keys
     }
-    _replace_modules(model, lambda child: ChannelMask.from_soft(child) if child in to_harden else None)
-    return model
+    return _replace_modules(model, lambda child: ChannelMask.from_soft(child) if child in to_harden else None)

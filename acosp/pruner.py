@@ -83,14 +83,14 @@ class SoftTopKPruner:
         return annealed_temperature(epoch, self.starting_epoch, self.ending_epoch, self.initial_temp, self.final_temp)
 
     def configure_model(self, model: nn.Module) -> nn.Module:
-        """Add a soft mask to every prunable conv (in place).
+        """Add a soft mask to every prunable conv (in place); returns the model (a new wrapper for DDP).
 
         A no-op for an inactive pruner (a dense run); after ``on_pruning_end`` (a pruner restored
         from a checkpoint, say) the masks are added already hardened, ready for the checkpoint.
         """
         if not (self.active or self.finished):
             return model
-        inject.inject_soft_masks(
+        model = inject.inject_soft_masks(
             model,
             self.final_sparsity,
             min_remaining_elements=self.min_remaining_elements,

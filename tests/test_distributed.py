@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -15,7 +16,7 @@ from acosp.pruner import SoftTopKPruner
 WORLD_SIZE = 2
 
 
-def _worker(rank, folder):
+def _worker(rank, folder, wrap_first):
     dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=WORLD_SIZE)
     try:
         torch.manual_seed(0)
@@ -23,12 +24,17 @@ def _worker(rank, folder):
         # min_remaining_elements=16 keeps all 16 channels of the first conv: its logits get no
         # useful gradient, which must not upset DDP's unused-parameter check.
         pruner = SoftTopKPruner(starting_epoch=0, ending_epoch=2, final_sparsity=0.75, min_remaining_elements=16)
-        pruner.configure_model(network)
-        model = nn.parallel.DistributedDataParallel(network)
+        if wrap_first:
+            model = pruner.configure_model(nn.parallel.DistributedDataParallel(network))
+        else:
+            pruner.configure_model(network)
+            model = nn.parallel.DistributedDataParallel(network)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         batches = make_batches(seed=rank)
         for epoch in range(4):
             if epoch == pruner.ending_epoch:
+                logits = {name: mask.weight.detach().clone() for name, mask in named_mask_layers(model)}
+                torch.save(logits, f"{folder}/logits{rank}.pth")
                 model = acosp.inject.soft_to_hard_k(model)
             for images, labels in batches:
                 optimizer.zero_grad()
@@ -41,8 +47,14 @@ def _worker(rank, folder):
         dist.destroy_process_group()
 
 
-def test_ddp_two_processes_through_hard_conversion(tmp_path):
-    mp.spawn(_worker, args=(str(tmp_path),), nprocs=WORLD_SIZE, join=True)
+@pytest.mark.parametrize("wrap_first", [False, True], ids=["configure-then-wrap", "wrap-then-configure"])
+def test_ddp_two_processes_through_hard_conversion(tmp_path, wrap_first):
+    mp.spawn(_worker, args=(str(tmp_path), wrap_first), nprocs=WORLD_SIZE, join=True)
+    # The logits learned during pruning are synchronised like every other parameter.
+    logits = [torch.load(tmp_path / f"logits{rank}.pth", weights_only=True) for rank in range(WORLD_SIZE)]
+    assert logits[0].keys() == {"features.0", "features.3", "up"}
+    for name in logits[0]:
+        assert torch.equal(logits[0][name], logits[1][name]), name
     states = [torch.load(tmp_path / f"rank{rank}.pth", weights_only=True) for rank in range(WORLD_SIZE)]
     assert states[0].keys() == states[1].keys()
     for key in states[0]:
@@ -76,4 +88,5 @@ def _stale_wrapper_worker(rank, folder):
 def test_stale_ddp_wrapper_says_what_to_do(tmp_path):
     mp.spawn(_stale_wrapper_worker, args=(str(tmp_path),), nprocs=WORLD_SIZE, join=True)
     for rank in range(WORLD_SIZE):
-        assert "model = acosp.inject.soft_to_hard_k(model)" in (tmp_path / f"error{rank}.txt").read_text()
+        message = (tmp_path / f"error{rank}.txt").read_text()
+        assert "use the wrapper that call returned" in message and "soft_to_hard_k(model)" in message
