@@ -50,16 +50,6 @@ class MaskedConv(nn.Sequential):
             )
         return mask_layer(conv(x))
 
-    def __getattr__(self, name: str):
-        # Code written for the bare conv (``layer.weight``, ``layer.out_channels``) keeps working.
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            modules = self.__dict__.get("_modules")
-            if modules and "0" in modules:
-                return getattr(modules["0"], name)
-            raise
-
     @property
     def conv(self) -> nn.Module:
         return self[0]
