@@ -101,9 +101,7 @@ def inject_soft_masks(
                 visit(child)
 
     visit(unwrap(model))
-    if wrapped and isinstance(model, nn.parallel.DistributedDataParallel):
-        return _rewrap_ddp(model)
-    return model
+    return _rewrapped_if_changed(model, bool(wrapped))
 
 
 def named_mask_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
@@ -129,6 +127,11 @@ def _replace_modules(model: nn.Module, replacement) -> nn.Module:
             if new is not None:
                 setattr(parent, name, new)
                 changed = True
+    return _rewrapped_if_changed(model, changed)
+
+
+def _rewrapped_if_changed(model: nn.Module, changed: bool) -> nn.Module:
+    """The model, or a new wrapper for a DistributedDataParallel model whose network acosp changed."""
     if changed and isinstance(model, nn.parallel.DistributedDataParallel):
         return _rewrap_ddp(model)
     return model
