@@ -1,0 +1,529 @@
+"""Which channels of every traced tensor carry information, and which channels each tensor must keep.
+
+A channel is *live* when it depends on the input. A channel that does not is a constant (a pruned
+conv output is exactly 0 before BatchNorm, a constant after it). A constant that is the same at
+every position (*uniform*) can be dropped: the layers that consume it fold it into their bias.
+Every other channel is *required*. Code that is not rewritten (the network's own ``forward``)
+combines tensors channel by channel (residual additions, max-unpooling, concatenation), so the
+tensors it combines must keep matching channels: requirements spread along those links until
+nothing changes. A channel a tensor does not require is never materialised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from acosp.inject import MaskedConv
+from acosp.masks import ChannelMask
+from acosp.trace import Graph, Node, Ref, Value
+
+_BATCH_NORM_FORWARD = nn.modules.batchnorm._BatchNorm.forward
+_STEP_FORWARDS = (nn.Conv2d.forward, nn.ConvTranspose2d.forward, nn.Linear.forward, _BATCH_NORM_FORWARD)
+
+
+def _names(text: str) -> set[str]:
+    return set(text.split())
+
+
+# Functions applied element by element (with broadcasting): channel c of the output comes from channel c
+# of each operand. Dropout counts: the network is traced in eval mode.
+ELEMENTWISE = _names(
+    """
+    relu relu6 leaky_relu hardtanh elu selu celu gelu silu mish sigmoid tanh hardsigmoid hardswish
+    softplus softsign tanhshrink threshold logsigmoid
+    dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout
+    neg abs exp log log1p sqrt rsqrt square reciprocal clamp clip clamp_min clamp_max sign nan_to_num
+    contiguous clone detach float half double bfloat16 to type
+    add sub rsub mul div truediv floordiv true_divide floor_divide maximum minimum fmax fmin pow remainder fmod
+    eq ne lt le gt ge where masked_fill lerp addcmul addcdiv logical_and logical_or logical_not
+    """
+)
+# Spatial operations that treat every channel alone and keep a uniform channel uniform.
+SPATIAL = _names(
+    """
+    interpolate upsample upsample_bilinear upsample_nearest
+    max_pool1d max_pool2d max_pool3d max_pool1d_with_indices max_pool2d_with_indices max_pool3d_with_indices
+    adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d adaptive_max_pool1d adaptive_max_pool2d
+    adaptive_max_pool3d adaptive_max_pool1d_with_indices adaptive_max_pool2d_with_indices
+    adaptive_max_pool3d_with_indices
+    """
+)
+AVG_POOL = {"avg_pool1d", "avg_pool2d", "avg_pool3d"}
+REDUCTIONS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "prod", "logsumexp", "nanmean", "nansum"}
+RESHAPES = _names("view reshape flatten squeeze unsqueeze permute transpose expand getitem narrow select movedim")
+CONCATENATIONS = {"cat", "concat", "concatenate"}
+SPLITS = {"split", "chunk", "split_with_sizes", "tensor_split", "unbind"}
+UNPOOLING = {"max_unpool1d", "max_unpool2d", "max_unpool3d"}
+CONSTANTS_LIKE = {"zeros_like", "ones_like", "full_like"}
+CHANNEL_DIM_ARGUMENT = {"softmax": 1, "log_softmax": 1, "softmin": 1, "normalize": 2}
+
+
+def base_name(name: str) -> str:
+    """``__iadd__``, ``__radd__``, ``add_`` and ``add`` are all ``add``."""
+    if name.startswith("__") and name.endswith("__"):
+        name = name[2:-2]
+        if name[:1] in ("i", "r") and name[1:] in ELEMENTWISE:
+            name = name[1:]
+        return name
+    return name.rstrip("_").lstrip("_")
+
+
+def is_step(module: nn.Module) -> bool:
+    """Layers recorded as one call and rebuilt narrower: masked convs, convs, linear layers, BatchNorm."""
+    if isinstance(module, MaskedConv):
+        return type(module.conv).forward in (nn.Conv2d.forward, nn.ConvTranspose2d.forward)
+    return type(module).forward in _STEP_FORWARDS
+
+
+@dataclasses.dataclass(eq=False)
+class Link:
+    """Channel ``b_index[i]`` of tensor ``b`` is channel ``a_index[i]`` of tensor ``a`` (or built from it)."""
+
+    a: Value
+    b: Value
+    a_index: torch.Tensor
+    b_index: torch.Tensor
+
+
+class UnsupportedOperation(ValueError):
+    """The network does something to pruned channels that compression does not know how to follow."""
+
+
+class ChannelFlow:
+    """Live and uniform channels of every traced tensor, and the channels each must keep."""
+
+    def __init__(self, graph: Graph, strict: bool = True):
+        self.graph = graph
+        self.strict = strict
+        self.live: dict[int, torch.Tensor] = {}
+        self.uniform: dict[int, torch.Tensor] = {}
+        self.links: list[Link] = []
+        self.full: dict[int, str] = {}  # value index -> why it keeps every channel
+        self.full_reasons: list[str] = []
+        self.problems: list[str] = []
+        for value in graph.inputs:
+            self._set(value, live=True)
+            self._keep_full(value, "a network input")
+        for node in graph.nodes:
+            self._visit(node)
+        for value in graph.outputs:
+            self._keep_full(value, "a network output")
+        if self.problems:
+            raise UnsupportedOperation(
+                "cannot compress this network: "
+                + "; ".join(dict.fromkeys(self.problems))
+                + ". Pass strict=False to keep those tensors at full width instead."
+            )
+        self.required = self._spread_requirements()
+
+    # --- statuses -------------------------------------------------------------------------------------
+    def _set(self, value: Value, live: bool | torch.Tensor = True, uniform: bool | torch.Tensor = True) -> None:
+        channels = value.channels
+        if channels is None:
+            return
+        self.live[value.index] = torch.as_tensor(live).expand(channels).clone()
+        self.uniform[value.index] = torch.as_tensor(uniform).expand(channels).clone()
+
+    def has_pruned(self, value: Value) -> bool:
+        return value.index in self.live and not bool(self.live[value.index].all())
+
+    def _keep_full(self, value: Value, reason: str) -> None:
+        if value.channels is not None and value.index not in self.full:
+            self.full[value.index] = reason
+
+    def _link(self, a: Value, b: Value, a_index: torch.Tensor | None = None, b_index: torch.Tensor | None = None):
+        if a.channels is None or b.channels is None:
+            return
+        if a_index is None:
+            if a.channels != b.channels:
+                raise RuntimeError(f"internal error: linking {a.shape} and {b.shape} channel by channel")
+            a_index = b_index = torch.arange(a.channels)
+        self.links.append(Link(a, b, a_index, b_index))
+
+    def _same_channels(self, node: Node, source: Value, outputs: list[Value] | None = None, uniform_kept=True):
+        """Outputs whose channels are the source's channels, one by one."""
+        for output in node.outputs if outputs is None else outputs:
+            if output.channels != source.channels:
+                self._unknown(node, f"changes the channel count ({source.shape} -> {output.shape})")
+                return
+        for output in node.outputs if outputs is None else outputs:
+            live = self.live.get(source.index, torch.tensor(True))
+            uniform = self.uniform.get(source.index, torch.tensor(True))
+            self._set(output, live, uniform & torch.as_tensor(uniform_kept))
+            self._link(source, output)
+
+    def _all_live(self, node: Node) -> None:
+        for output in node.outputs:
+            self._set(output, live=True)
+            self._keep_full(output, f"computed by {node.where()}")
+
+    def _needs_full(self, node: Node, why: str) -> None:
+        """An operation that is exact only on complete tensors: its inputs keep every channel."""
+        for value in node.inputs:
+            if self.has_pruned(value):
+                self.full_reasons.append(f"{node.where()} {why}")
+            self._keep_full(value, f"{why} in {node.where()}")
+        self._all_live(node)
+
+    def _unknown(self, node: Node, why: str = "is not an operation compression knows") -> None:
+        if any(self.has_pruned(value) for value in node.inputs):
+            if self.strict:
+                self.problems.append(f"{node.where()} {why} and receives pruned channels")
+            else:
+                self.full_reasons.append(f"{node.where()} {why}")
+        for value in node.inputs:
+            self._keep_full(value, f"{node.where()} {why}")
+        self._all_live(node)
+
+    # --- the operations -----------------------------------------------------------------------------
+    def _visit(self, node: Node) -> None:
+        if node.kind == "module":
+            self._visit_module(node)
+            return
+        name = base_name(node.name)
+        first = node.inputs[0]
+        if name in ELEMENTWISE:
+            self._elementwise(node)
+        elif name in SPATIAL:
+            self._same_channels(node, self._first_tensor_argument(node))
+        elif name in AVG_POOL:
+            padding = node.argument(3, "padding", 0)
+            count_include_pad = node.argument(5, "count_include_pad", True)
+            divisor = node.argument(6, "divisor_override", None)
+            padded = any(p != 0 for p in (padding if isinstance(padding, (tuple, list)) else [padding]))
+            self._same_channels(node, first, uniform_kept=not ((padded and count_include_pad) or divisor))
+        elif name in REDUCTIONS:
+            self._reduction(node, name)
+        elif name in RESHAPES:
+            self._reshape(node, name)
+        elif name in CONCATENATIONS:
+            self._concatenation(node)
+        elif name in SPLITS:
+            dim = node.argument(2, "dim", 0) if name != "unbind" else node.argument(1, "dim", 0)
+            self._split(node, dim)
+        elif name in UNPOOLING:
+            self._unpooling(node)
+        elif name in CONSTANTS_LIKE:
+            for output in node.outputs:
+                self._set(output, live=False, uniform=True)
+                self._link(first, output)
+        elif name == "pad":
+            self._pad(node)
+        elif name in CHANNEL_DIM_ARGUMENT:
+            dim = node.argument(CHANNEL_DIM_ARGUMENT[name], "dim", None)
+            if dim is not None and _normalized(dim, len(first.shape)) >= 2:
+                self._same_channels(node, first)
+            else:
+                self._unknown(node, "mixes channels")
+        else:
+            self._unknown(node)
+
+    def _first_tensor_argument(self, node: Node) -> Value:
+        for item in (*node.args, *node.kwargs.values()):
+            if isinstance(item, Ref):
+                return item.value
+        return node.inputs[0]
+
+    def _elementwise(self, node: Node) -> None:
+        output = node.outputs[0]
+        if output.channels is None or len(node.outputs) != 1:
+            self._unknown(node)
+            return
+        channels, ndim = output.channels, len(output.shape)
+        live = torch.zeros(channels, dtype=torch.bool)
+        uniform = torch.ones(channels, dtype=torch.bool)
+        linked = []
+        for item in _leaves((node.args, node.kwargs)):
+            if isinstance(item, Ref):
+                shape, value = item.value.shape, item.value
+            elif isinstance(item, torch.Tensor):
+                shape, value = tuple(item.shape), None
+            else:
+                continue
+            size = _size_along(shape, ndim, 1)
+            spatial = any(_size_along(shape, ndim, dim) > 1 for dim in range(2, ndim))
+            if value is None:  # a parameter or a tensor made in forward
+                if size > 1:
+                    self._needs_full(node, "combines channels with a per-channel tensor it does not compute")
+                    return
+                uniform &= not spatial
+            elif size == channels and value.index in self.live:
+                live |= self.live[value.index]
+                uniform &= self.uniform[value.index]
+                linked.append(value)
+            elif size == 1:  # broadcast over channels
+                operand_live = bool(self.live[value.index].any()) if value.index in self.live else True
+                live |= operand_live
+                if value.index in self.uniform:
+                    uniform &= bool(self.uniform[value.index].all())
+                else:
+                    uniform &= not spatial
+            else:
+                self._unknown(node, "broadcasts channels in a way compression does not follow")
+                return
+        self._set(output, live, uniform)
+        for value in linked:
+            self._link(value, output)
+
+    def _reduction(self, node: Node, name: str) -> None:
+        source = node.inputs[0]
+        ndim = len(source.shape)
+        dim = node.argument(1, "dim", None)
+        if isinstance(dim, (Ref, torch.Tensor)):  # max(a, b): elementwise
+            self._elementwise(node)
+            return
+        if dim is None or ndim < 2:
+            self._unknown(node, "reduces over channels")
+            return
+        dims = {_normalized(d, ndim) for d in (dim if isinstance(dim, (tuple, list)) else [dim])}
+        if dims & {0, 1}:
+            self._unknown(node, "reduces over channels or samples")
+            return
+        self._same_channels(node, source)
+
+    def _reshape(self, node: Node, name: str) -> None:
+        source, output = node.inputs[0], node.outputs[0]
+        before, after = source.shape, output.shape
+        if len(before) < 2 or len(node.outputs) != 1:
+            self._unknown(node)
+            return
+        keeps = len(after) >= 2 and after[:2] == before[:2]
+        if name == "getitem":
+            kind = _indexing_kind(node.args[1], len(before))
+            if kind == "channels":
+                self._same_channels(node, source)
+            elif kind == "slice":
+                self._needs_full(node, "slices channels")
+            else:
+                self._unknown(node, "indexes channels or samples")
+            return
+        if name in ("permute", "transpose", "movedim", "narrow", "select", "squeeze", "unsqueeze"):
+            keeps = keeps and _keeps_leading_dims(node, name, before, after)
+            if not keeps and name == "narrow" and _normalized(node.argument(1, "dim"), len(before)) == 1:
+                self._needs_full(node, "slices channels")
+                return
+        if keeps:
+            self._same_channels(node, source)
+        elif len(after) == 2 and after[0] == before[0] and after[1] == math.prod(before[1:]):
+            self._flatten(node, source, output)
+        else:
+            self._unknown(node, f"reshapes {before} to {after}")
+
+    def _flatten(self, node: Node, source: Value, output: Value) -> None:
+        per_channel = math.prod(source.shape[2:])
+        channel_of = torch.arange(output.channels) // per_channel
+        live = self.live.get(source.index, torch.ones(source.channels, dtype=torch.bool))
+        self._set(output, live[channel_of], True)  # no positions left: every constant is uniform
+        self._link(source, output, channel_of, torch.arange(output.channels))
+
+    def _concatenation(self, node: Node) -> None:
+        output = node.outputs[0]
+        tensors = node.argument(0, "tensors")
+        dim = _normalized(node.argument(1, "dim", 0), len(output.shape))
+        if dim != 1:
+            operands = [item.value for item in tensors if isinstance(item, Ref)]
+            if any(not isinstance(item, Ref) and _size_along(tuple(item.shape), 4, 1) > 1 for item in tensors):
+                self._needs_full(node, "concatenates a tensor it does not compute")
+                return
+            live = torch.zeros(output.channels, dtype=torch.bool)
+            for value in operands:
+                live |= self.live.get(value.index, torch.ones(output.channels, dtype=torch.bool))
+            self._set(output, live, False)  # constants placed side by side need not be uniform
+            for value in operands:
+                self._link(value, output)
+            return
+        live, uniform, offset = [], [], 0
+        for item in tensors:
+            if isinstance(item, Ref):
+                value = item.value
+                live.append(self.live[value.index])
+                uniform.append(self.uniform[value.index])
+                index = torch.arange(value.channels)
+                self._link(value, output, index, index + offset)
+                offset += value.channels
+            else:
+                channels = item.shape[1]
+                live.append(torch.ones(channels, dtype=torch.bool))  # kept as they are
+                uniform.append(torch.ones(channels, dtype=torch.bool))
+                offset += channels
+        self._set(output, torch.cat(live), torch.cat(uniform))
+
+    def _split(self, node: Node, dim: int) -> None:
+        source = node.inputs[0]
+        if _normalized(dim, len(source.shape)) in (0, 1):
+            self._needs_full(node, "splits channels")
+        else:
+            self._same_channels(node, source)
+
+    def _unpooling(self, node: Node) -> None:
+        source, output = node.inputs[0], node.outputs[0]
+        indices = node.argument(1, "indices")
+        if not isinstance(indices, Ref) or source.index not in self.live:
+            self._unknown(node, "unpools with indices it did not compute")
+            return
+        indices = indices.value
+        live = self.live[source.index] | self.live.get(indices.index, torch.tensor(True))
+        shot = node.snapshots.get(source.index)
+        if shot is None:
+            self._unknown(node, "unpools a tensor that is not floating point")
+            return
+        constant = shot.first
+        # A constant c unpooled lands on the pooling positions: uniform only when c == 0.
+        uniform = self.uniform[source.index] & (constant == 0)
+        self._set(output, live, uniform)
+        self._link(source, output)
+        self._link(indices, output)
+
+    def _pad(self, node: Node) -> None:
+        source = node.inputs[0]
+        pad = node.argument(1, "pad")
+        mode = node.argument(2, "mode", "constant")
+        if len(source.shape) - len(pad) // 2 < 2:
+            self._unknown(node, "pads channels or samples")
+        else:
+            self._same_channels(node, source, uniform_kept=mode != "constant")
+
+    def _visit_module(self, node: Node) -> None:
+        module = node.target
+        if len(node.outputs) != 1 or len(node.inputs) != 1:
+            self._unknown(node, "takes or returns more than one tensor")
+            return
+        source, output = node.inputs[0], node.outputs[0]
+        if isinstance(module, MaskedConv):
+            mask = module.mask_layer
+            if not isinstance(mask, ChannelMask):
+                raise ValueError(
+                    f"layer '{node.name}' has a soft mask: call acosp.inject.soft_to_hard_k(model) before compressing"
+                )
+            self._conv(node, module.conv, mask.mask > 0.5)
+        elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+            self._conv(node, module, torch.ones(module.out_channels, dtype=torch.bool))
+        elif isinstance(module, nn.Linear):
+            if len(source.shape) != 2:
+                self._needs_full(node, "applies a linear layer to a tensor of more than two dimensions")
+                return
+            self._set(output, live=True)
+        else:  # BatchNorm in eval mode: one affine map per channel
+            self._same_channels(node, source)
+
+    def _conv(self, node: Node, conv: nn.Module, kept: torch.Tensor) -> None:
+        source, output = node.inputs[0], node.outputs[0]
+        if conv.groups == 1:
+            self._set(output, live=kept, uniform=True)  # a pruned output is exactly 0
+        elif conv.groups == conv.in_channels == conv.out_channels:  # depthwise: channel c from channel c
+            self._set(output, live=kept, uniform=True)
+            self._link(source, output)
+        else:
+            self._needs_full(node, f"is a grouped conv (groups={conv.groups})")
+            self._set(output, live=True)
+
+    # --- requirements -----------------------------------------------------------------------------------
+    def _spread_requirements(self) -> dict[int, torch.Tensor]:
+        required = {index: live | ~self.uniform[index] for index, live in self.live.items()}
+        for index in self.full:
+            if index in required:
+                required[index][:] = True
+        # A layer called more than once is rebuilt once: its calls must agree on their channels, and a
+        # conv or linear layer would need one folded bias for all: it reads complete inputs.
+        for calls in self.graph.module_calls().values():
+            if len(calls) < 2:
+                continue
+            folds = not isinstance(calls[0].target, nn.modules.batchnorm._BatchNorm)
+            for call in calls:
+                for value in call.inputs:
+                    if folds and value.index in required:
+                        required[value.index][:] = True
+            for other in calls[1:]:
+                for first_value, other_value in zip(calls[0].inputs + calls[0].outputs, other.inputs + other.outputs):
+                    if first_value.channels == other_value.channels:
+                        self._link(first_value, other_value)
+        changed = True
+        while changed:
+            changed = False
+            for link in self.links:
+                a, b = required[link.a.index], required[link.b.index]
+                from_b = (
+                    torch.zeros(a.numel(), dtype=torch.long).index_add_(0, link.a_index, b[link.b_index].long()) > 0
+                )
+                new_a = a | from_b
+                new_b = b.clone()
+                new_b[link.b_index] |= new_a[link.a_index]
+                if not torch.equal(new_a, a) or not torch.equal(new_b, b):
+                    required[link.a.index], required[link.b.index] = new_a, new_b
+                    changed = True
+        return required
+
+    def layout(self, value: Value) -> torch.Tensor:
+        """The channels of the full tensor that the compressed tensor holds, in order."""
+        return torch.nonzero(self.required[value.index]).flatten()
+
+
+def _normalized(dim: int, ndim: int) -> int:
+    return dim + ndim if dim < 0 else dim
+
+
+def _size_along(shape: tuple[int, ...], ndim: int, dim: int) -> int:
+    """An operand's size along dimension ``dim`` of an ``ndim``-dimensional broadcast result."""
+    position = dim - (ndim - len(shape))
+    return shape[position] if position >= 0 else 1
+
+
+def _leaves(structure: Any):
+    if isinstance(structure, (tuple, list)):
+        for item in structure:
+            yield from _leaves(item)
+    elif isinstance(structure, dict):
+        for item in structure.values():
+            yield from _leaves(item)
+    else:
+        yield structure
+
+
+def _indexing_kind(index: Any, ndim: int) -> str:
+    """'channels' when an index leaves samples and channels alone, 'slice' when it slices channels."""
+    entries = list(index) if isinstance(index, tuple) else [index]
+    if any(isinstance(entry, (Ref, torch.Tensor, list)) or entry is True or entry is False for entry in entries):
+        return "other"
+    consuming = sum(1 for entry in entries if entry is not None and entry is not Ellipsis)
+    expanded = []
+    for entry in entries:
+        if entry is Ellipsis:
+            expanded += [slice(None)] * (ndim - consuming)
+        else:
+            expanded.append(entry)
+    expanded += [slice(None)] * 2
+    full = slice(None)
+    if expanded[0] != full or expanded[1] is None:
+        return "other"
+    if expanded[1] == full:
+        return "channels"
+    return "slice" if isinstance(expanded[1], slice) else "other"
+
+
+def _keeps_leading_dims(node: Node, name: str, before: tuple, after: tuple) -> bool:
+    ndim = len(before)
+    if name == "permute":
+        dims = node.args[1:] if len(node.args) > 2 else node.argument(1, "dims")
+        dims = [_normalized(d, ndim) for d in (dims if isinstance(dims, (tuple, list)) else [dims])]
+        return dims[:2] == [0, 1]
+    if name in ("transpose", "movedim"):
+        pair = (node.argument(1, "dim0" if name == "transpose" else "source"),)
+        pair += (node.argument(2, "dim1" if name == "transpose" else "destination"),)
+        flat = [d for item in pair for d in (item if isinstance(item, (tuple, list)) else [item])]
+        return all(_normalized(d, ndim) >= 2 for d in flat)
+    if name in ("narrow", "select"):
+        return _normalized(node.argument(1, "dim"), ndim) >= 2
+    if name == "squeeze":
+        dim = node.argument(1, "dim", None)
+        if dim is None:
+            return before[0] != 1 and before[1] != 1
+        dims = dim if isinstance(dim, (tuple, list)) else [dim]
+        return all(_normalized(d, ndim) >= 2 for d in dims)
+    if name == "unsqueeze":
+        return _normalized(node.argument(1, "dim"), len(after)) >= 2
+    return True

@@ -1,0 +1,454 @@
+"""A network with hard masks -> a dense network that computes the same function with fewer channels.
+
+``compress(model, example_input)`` runs the masked network once on the example input, recording
+what flows where (``acosp.trace``), works out which channels every tensor must keep
+(``acosp.channels``), and rebuilds each conv, BatchNorm and linear layer narrower, in a copy of the
+network whose own ``forward`` stays as it is. Pruned channels are constants after BatchNorm; the
+layers that read them fold them into their bias (exactly, with a border correction for zero
+padding). Where a residual sum keeps channels that one branch pruned, that branch computes its
+channels narrow and writes them into the wider sum.
+
+The result is described by plain data, ``compression_spec(compressed)``: with it,
+``apply_compression_spec`` rebuilds the compressed network from a freshly built one, so a
+checkpoint needs no pickled modules.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from acosp.channels import UNPOOLING, ChannelFlow, is_step
+from acosp.inject import MaskedConv, UnprunableConv2d, _output_channel_weight, unwrap
+from acosp.layers import CompressedConv2d, CompressedConvTranspose2d, RemovedLayer
+from acosp.trace import Graph, Node, Value, trace
+
+SPEC_FORMAT = "acosp.compression"
+SPEC_VERSION = 1
+# Spread (max - min) allowed in a channel treated as a constant, relative to its magnitude.
+_CONSTANT_TOLERANCE = 1e-4
+
+
+def compress(
+    model: nn.Module,
+    example_input: torch.Tensor | tuple,
+    strict: bool = True,
+    check: bool = True,
+    tolerance: float = 1e-4,
+) -> nn.Module:
+    """A smaller copy of ``model`` (hard masks) that computes the same function in eval mode.
+
+    ``example_input`` is what ``model`` is called with (a tensor or a tuple of arguments), at the
+    size it will be used at; a batch of two or more random images also checks that constants do
+    not depend on the image. Layers the eval forward pass does not call are removed. With
+    ``strict`` an operation whose channel semantics are unknown raises ``UnsupportedOperation``
+    naming it when it receives pruned channels; with ``strict=False`` those tensors keep full
+    width. With ``check`` the copy is run on the example input and must match the masked network
+    within ``tolerance`` (max |difference| / max |output|). The model itself is left unchanged.
+    """
+    network = unwrap(model)
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    training = network.training
+    network.eval()
+    try:
+        graph = trace(network, args, is_step, snapshot_functions=UNPOOLING)
+        flow = ChannelFlow(graph, strict=strict)
+        compressed, spec = _rebuild(network, graph, flow)
+    finally:
+        network.train(training)
+    compressed.eval()
+    spec["input_shape"] = [list(tensor.shape) for tensor in args if isinstance(tensor, torch.Tensor)]
+    if check:
+        error = _relative_error(graph.output, _run(compressed, args))
+        if not error <= tolerance:
+            raise RuntimeError(
+                f"the compressed network differs from the masked one by {error:.3g} (relative), more than "
+                f"{tolerance:g}: this is a bug in acosp.compress, please report it with the network"
+            )
+        spec["relative_error"] = error
+    compressed._acosp_compression_spec = spec
+    return compressed
+
+
+def compression_spec(compressed: nn.Module) -> dict[str, Any]:
+    """The plain-data description of a compressed network (only lists, dicts, numbers, strings).
+
+    Save it beside ``compressed.state_dict()``; ``apply_compression_spec`` turns the network as
+    built back into the compressed one.
+    """
+    spec = unwrap(compressed).__dict__.get("_acosp_compression_spec")
+    if spec is None:
+        raise ValueError("this network was not made by acosp.compress.compress (it has no compression spec)")
+    return copy.deepcopy(spec)
+
+
+def apply_compression_spec(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
+    """Turn a freshly built network (with or without masks) into the compressed one; returns it.
+
+    The layers get the compressed shapes but not their values: load the compressed state dict
+    afterwards (``model.load_state_dict(state_dict)``, strict).
+    """
+    if not isinstance(spec, dict) or spec.get("format") != SPEC_FORMAT:
+        raise ValueError(f"not an acosp compression spec (expected format '{SPEC_FORMAT}')")
+    if spec.get("version") != SPEC_VERSION:
+        raise ValueError(f"compression spec version {spec.get('version')} is not supported (expected {SPEC_VERSION})")
+    network = unwrap(model)
+    modules = dict(network.named_modules(remove_duplicate=False))
+    for name, entry in spec["layers"].items():
+        if name not in modules:
+            raise ValueError(f"the compression spec names layer '{name}', which this network does not have")
+        base = modules[name]
+        if isinstance(base, MaskedConv):
+            base = base.conv
+        expected = _BASE_TYPES.get(entry["type"])
+        if expected is not None and not isinstance(base, expected):
+            raise ValueError(
+                f"the compression spec has a {entry['type']} at '{name}', but this network has a {type(base).__name__}"
+            )
+        _set_module(network, name, _build(entry, name))
+    network._acosp_compression_spec = copy.deepcopy(spec)
+    return model
+
+
+def compression_report(compressed: nn.Module) -> str:
+    """Which layers write into wider tensors, and which tensors kept full width and why."""
+    spec = compression_spec(compressed)
+    lines = []
+    for name, entry in spec["layers"].items():
+        if entry.get("out_width") is not None:
+            lines.append(
+                f"{name}: computes {entry['out_channels']} channels and writes them into {entry['out_width']} "
+                "(a sum whose other terms keep more)"
+            )
+    lines += [f"full width: {reason}" for reason in spec["full_width"]]
+    return "\n".join(lines) if lines else "every layer keeps only its own channels"
+
+
+# --- building ---------------------------------------------------------------------------------------------
+
+
+def _run(model: nn.Module, args: tuple) -> Any:
+    with torch.no_grad():
+        return model(*args)
+
+
+def _relative_error(reference: Any, result: Any) -> float:
+    from acosp.trace import tensors_in
+
+    expected, actual = list(tensors_in(reference)), list(tensors_in(result))
+    if len(expected) != len(actual) or any(a.shape != b.shape for a, b in zip(expected, actual)):
+        return float("inf")
+    worst = 0.0
+    for a, b in zip(expected, actual):
+        if not a.is_floating_point():
+            worst = max(worst, 0.0 if torch.equal(a, b) else float("inf"))
+            continue
+        scale = float(a.abs().max()) if a.numel() else 0.0
+        difference = float((a - b).abs().max()) if a.numel() else 0.0
+        worst = max(worst, difference / scale if scale > 0 else difference)
+    return worst
+
+
+def _rebuild(network: nn.Module, graph: Graph, flow: ChannelFlow) -> tuple[nn.Module, dict[str, Any]]:
+    names: dict[int, list[str]] = {}
+    for name, module in network.named_modules(remove_duplicate=False):
+        names.setdefault(id(module), []).append(name)
+    layers: dict[str, dict[str, Any]] = {}
+    replacements: dict[str, nn.Module] = {}
+    kept: dict[str, list[int]] = {}
+    for calls in graph.module_calls().values():
+        module = calls[0].target
+        name = names[id(module)][0]
+        if isinstance(module, MaskedConv):
+            mask = module.mask_layer.mask
+            kept[name] = [int((mask > 0.5).sum()), mask.numel()]
+        built = _narrowed(module, calls[0], flow)
+        if built is None:
+            continue
+        new, entry = built
+        for alias in names[id(module)]:
+            layers[alias] = entry
+            replacements[alias] = new
+    for name in _unused_subtrees(network, graph):
+        layers[name] = {"type": "Removed"}
+        replacements[name] = RemovedLayer(name)
+    compressed = copy.deepcopy(network)
+    for name, module in replacements.items():
+        _set_module(compressed, name, module)
+    spec = {
+        "format": SPEC_FORMAT,
+        "version": SPEC_VERSION,
+        "layers": layers,
+        "kept_channels": kept,
+        "full_width": list(dict.fromkeys(flow.full_reasons)),
+    }
+    return compressed, spec
+
+
+def _narrowed(module: nn.Module, call: Node, flow: ChannelFlow) -> tuple[nn.Module, dict[str, Any]] | None:
+    """The narrowed replacement of one layer and its spec entry; None when it stays as it is."""
+    source, output = call.inputs[0], call.outputs[0]
+    if isinstance(module, MaskedConv):
+        return _narrowed_conv(module.conv, module.mask_layer.mask > 0.5, call, flow)
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        kept = torch.ones(module.out_channels, dtype=torch.bool)
+        if flow.required[source.index].all() and flow.required[output.index].all():
+            return None
+        return _narrowed_conv(module, kept, call, flow)
+    if isinstance(module, nn.Linear):
+        if flow.required[source.index].all():
+            return None
+        return _narrowed_linear(module, call, flow)
+    if flow.required[source.index].all():
+        return None
+    return _narrowed_batch_norm(module, flow.layout(source))
+
+
+def _constants(call: Node, value: Value, dropped: torch.Tensor) -> torch.Tensor:
+    """The values of the dropped (constant) channels of a layer's input, checked to be constant."""
+    if dropped.numel() == 0:
+        return torch.zeros(0, dtype=torch.float64)
+    shot = call.snapshots.get(value.index)
+    if shot is None:
+        raise ValueError(f"{call.where()} reads pruned channels of a tensor that is not floating point")
+    first, spread = shot.first[dropped], shot.spread[dropped]
+    bad = spread > _CONSTANT_TOLERANCE * (1 + first.abs())
+    if bad.any():
+        raise RuntimeError(
+            f"internal error: channels {dropped[bad][:5].tolist()} of the input of {call.where()} should be "
+            f"constant but vary by up to {float(spread.max()):.3g}"
+        )
+    return first
+
+
+def _narrowed_conv(conv: nn.Module, kept: torch.Tensor, call: Node, flow: ChannelFlow):
+    source, output = call.inputs[0], call.outputs[0]
+    transposed = isinstance(conv, nn.ConvTranspose2d)
+    weight = conv.weight.detach()
+    bias = None if conv.bias is None else conv.bias.detach()
+    mask = kept.to(weight.dtype)
+    if conv.groups > 1:
+        if conv.groups == conv.in_channels == conv.out_channels:  # depthwise: channel c from channel c
+            layout = flow.layout(output)
+            weight = weight[layout] * mask[layout].view(-1, 1, 1, 1)
+            bias = None if bias is None else bias[layout] * mask[layout]
+            groups, in_layout, kept_index = len(layout), layout, layout
+        else:  # whole width, masks folded in
+            weight = weight * _output_channel_weight(conv, mask)
+            bias = None if bias is None else bias * mask
+            groups = conv.groups
+            in_layout = torch.arange(conv.in_channels)
+            kept_index = torch.arange(conv.out_channels)
+        entry = _conv_entry(conv, len(in_layout), len(kept_index), groups, bias is not None, None, False)
+        return _make_conv(entry, conv, weight, bias, None, None), entry
+    in_layout = flow.layout(source)
+    out_layout = flow.layout(output)
+    kept_index = torch.nonzero(kept).flatten()
+    dropped = torch.nonzero(~flow.required[source.index]).flatten()
+    constants = _constants(call, source, dropped)
+    if transposed:  # weight [in, out, kh, kw]
+        narrow = weight[in_layout][:, kept_index]
+        folded = torch.einsum("iokl,i->okl", weight[dropped][:, kept_index].double(), constants)
+    else:
+        narrow = weight[kept_index][:, in_layout]
+        folded = torch.einsum("oikl,i->okl", weight[kept_index][:, dropped].double(), constants)
+    has_constant = bool(dropped.numel()) and bool(folded.abs().max() > 0)
+    new_bias = None if bias is None else bias[kept_index].double()
+    constant_input = False
+    if has_constant:
+        padded = conv.padding != "valid" and (isinstance(conv.padding, str) or any(conv.padding))
+        if transposed:
+            constant_input = True  # a periodic map, added whole
+        else:
+            new_bias = (0 if new_bias is None else new_bias) + folded.sum((1, 2))
+            constant_input = padded and conv.padding_mode == "zeros"
+    out_width = None
+    out_index = None
+    if not torch.equal(out_layout, kept_index):
+        out_width = len(out_layout)
+        out_index = torch.searchsorted(out_layout, kept_index)
+    has_bias = new_bias is not None
+    entry = _conv_entry(conv, len(in_layout), len(kept_index), 1, has_bias, out_width, constant_input)
+    new_bias = None if new_bias is None else new_bias.to(weight.dtype)
+    kernel = folded.to(weight.dtype) if constant_input else None
+    return _make_conv(entry, conv, narrow, new_bias, out_index, kernel), entry
+
+
+def _conv_entry(conv, in_channels, out_channels, groups, bias, out_width, constant_input) -> dict[str, Any]:
+    transposed = isinstance(conv, nn.ConvTranspose2d)
+    special = out_width is not None or constant_input
+    if special:
+        kind = "CompressedConvTranspose2d" if transposed else "CompressedConv2d"
+    else:
+        kind = "ConvTranspose2d" if transposed else "Conv2d"
+    entry = {
+        "type": kind,
+        "in_channels": in_channels,
+        "out_channels": out_channels,
+        "kernel_size": list(conv.kernel_size),
+        "stride": list(conv.stride),
+        "padding": conv.padding if isinstance(conv.padding, str) else list(conv.padding),
+        "dilation": list(conv.dilation),
+        "groups": groups,
+        "bias": bool(bias),
+        "padding_mode": conv.padding_mode,
+        "unprunable": bool(getattr(conv, "unprunable", False)),
+        "original_in_channels": conv.in_channels,
+        "original_out_channels": conv.out_channels,
+    }
+    if transposed:
+        entry["output_padding"] = list(conv.output_padding)
+    if special:
+        entry["out_width"] = out_width
+        entry["constant_input"] = constant_input
+    return entry
+
+
+@torch.no_grad()
+def _make_conv(entry, conv, weight, bias, out_index, kernel) -> nn.Module:
+    new = _build(entry, "")
+    new.to(device=conv.weight.device, dtype=conv.weight.dtype)
+    new.weight.copy_(weight)
+    if bias is not None:
+        new.bias.copy_(bias)
+    if out_index is not None:
+        new.out_index.copy_(out_index)
+    if kernel is not None:
+        new.constant_kernel.copy_(kernel)
+    new.train(conv.training)
+    return new
+
+
+@torch.no_grad()
+def _narrowed_linear(linear: nn.Linear, call: Node, flow: ChannelFlow):
+    source = call.inputs[0]
+    layout = flow.layout(source)
+    dropped = torch.nonzero(~flow.required[source.index]).flatten()
+    constants = _constants(call, source, dropped)
+    weight = linear.weight.detach()
+    bias = torch.zeros(linear.out_features, dtype=torch.float64) if linear.bias is None else linear.bias.double()
+    bias = bias + weight[:, dropped].double() @ constants
+    entry = {
+        "type": "Linear",
+        "in_features": len(layout),
+        "out_features": linear.out_features,
+        "bias": True,
+        "original_in_features": linear.in_features,
+    }
+    new = _build(entry, "").to(device=weight.device, dtype=weight.dtype)
+    new.weight.copy_(weight[:, layout])
+    new.bias.copy_(bias.to(weight.dtype))
+    return new, entry
+
+
+@torch.no_grad()
+def _narrowed_batch_norm(norm: nn.modules.batchnorm._BatchNorm, layout: torch.Tensor):
+    entry = {
+        "type": type(norm).__name__,
+        "num_features": len(layout),
+        "eps": norm.eps,
+        "momentum": norm.momentum,
+        "affine": norm.affine,
+        "track_running_stats": norm.track_running_stats,
+        "original_num_features": norm.num_features,
+    }
+    new = _build(entry, "")
+    for key, tensor in norm.state_dict().items():
+        target = new.state_dict()[key]
+        target.copy_(tensor if tensor.dim() == 0 else tensor[layout])
+    device = next((tensor.device for tensor in norm.state_dict().values()), None)
+    new.to(device=device)
+    new.train(norm.training)
+    return new, entry
+
+
+_BASE_TYPES = {
+    "Conv2d": nn.Conv2d,
+    "CompressedConv2d": nn.Conv2d,
+    "ConvTranspose2d": nn.ConvTranspose2d,
+    "CompressedConvTranspose2d": nn.ConvTranspose2d,
+    "Linear": nn.Linear,
+    "BatchNorm1d": nn.BatchNorm1d,
+    "BatchNorm2d": nn.BatchNorm2d,
+    "BatchNorm3d": nn.BatchNorm3d,
+}
+
+
+def _build(entry: dict[str, Any], name: str) -> nn.Module:
+    """An (uninitialised) layer of the shape a spec entry describes."""
+    kind = entry["type"]
+    if kind == "Removed":
+        return RemovedLayer(name)
+    if kind == "Linear":
+        return nn.Linear(entry["in_features"], entry["out_features"], bias=entry["bias"])
+    if kind in ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d"):
+        return getattr(nn, kind)(
+            entry["num_features"],
+            eps=entry["eps"],
+            momentum=entry["momentum"],
+            affine=entry["affine"],
+            track_running_stats=entry["track_running_stats"],
+        )
+    arguments = {
+        "in_channels": entry["in_channels"],
+        "out_channels": entry["out_channels"],
+        "kernel_size": tuple(entry["kernel_size"]),
+        "stride": tuple(entry["stride"]),
+        "padding": entry["padding"] if isinstance(entry["padding"], str) else tuple(entry["padding"]),
+        "dilation": tuple(entry["dilation"]),
+        "groups": entry["groups"],
+        "bias": entry["bias"],
+        "padding_mode": entry["padding_mode"],
+    }
+    if "output_padding" in entry:
+        arguments["output_padding"] = tuple(entry["output_padding"])
+    special = {"out_width": entry.get("out_width"), "constant_input": entry.get("constant_input", False)}
+    if kind == "Conv2d":
+        layer = (UnprunableConv2d if entry["unprunable"] else nn.Conv2d)(**arguments)
+    elif kind == "ConvTranspose2d":
+        layer = nn.ConvTranspose2d(**arguments)
+        if entry["unprunable"]:
+            layer.unprunable = True
+    elif kind == "CompressedConv2d":
+        layer = CompressedConv2d(**arguments, **special)
+    elif kind == "CompressedConvTranspose2d":
+        layer = CompressedConvTranspose2d(**arguments, **special)
+    else:
+        raise ValueError(f"unknown layer type '{kind}' in the compression spec")
+    return layer
+
+
+def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent = root
+    *path, last = name.split(".")
+    for part in path:
+        parent = parent._modules[part]
+    parent._modules[last] = module
+
+
+def _unused_subtrees(network: nn.Module, graph: Graph) -> list[str]:
+    """Names of the largest sub-modules holding weights that the traced forward pass never used."""
+    used = set(graph.called_modules)
+    for module in network.modules():
+        own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+        if any(id(tensor) in graph.used_tensors for tensor in own):
+            used.add(id(module))
+    removed = []
+
+    def visit(module: nn.Module, prefix: str) -> None:
+        for child_name, child in module._modules.items():
+            if child is None:
+                continue
+            name = f"{prefix}{child_name}"
+            subtree = list(child.modules())
+            holds = any(True for m in subtree for _ in [*m.parameters(recurse=False), *m.buffers(recurse=False)])
+            if holds and not any(id(m) in used for m in subtree):
+                removed.append(name)
+            elif not is_step(child):
+                visit(child, name + ".")
+
+    visit(network, "")
+    return removed
