@@ -120,8 +120,8 @@ def compression_report(compressed: nn.Module) -> str:
     for name, entry in spec["layers"].items():
         if entry.get("out_width") is not None:
             lines.append(
-                f"{name}: computes {entry['out_channels']} channels and writes them into {entry['out_width']} "
-                "(a sum whose other terms keep more)"
+                f"{name}: computes {entry['out_channels']} of {entry['original_out_channels']} channels, written "
+                f"into {entry['out_width']} (what it feeds keeps channels that other layers compute)"
             )
     lines += [f"full width: {reason}" for reason in spec["full_width"]]
     return "\n".join(lines) if lines else "every layer keeps only its own channels"

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import nn
 
-from acosp.masks import ChannelMask, SigmoidSoftTopK, num_kept_channels
+from acosp.masks import ChannelMask, SigmoidSoftTopK, num_kept_channels, rounded_up
 
 PRUNABLE_TYPES = (nn.Conv2d, nn.ConvTranspose2d)
 
@@ -168,14 +168,18 @@ def _refuse_stale_wrapper(module: nn.Module, args) -> None:
     )
 
 
-def soft_to_hard_k(model: nn.Module) -> nn.Module:
+def soft_to_hard_k(model: nn.Module, round_to: int = 1) -> nn.Module:
     """Replace every soft mask by the hard mask of its top-k logits; returns the model.
 
-    Works before any training step. For a ``DistributedDataParallel`` model a new wrapper is
-    returned (all ranks must call this together): use ``model = soft_to_hard_k(model)``.
+    ``round_to`` > 1 rounds each layer's k up to a multiple of it (at most the layer's width), for
+    hardware-friendly widths after ``acosp.compress``. Works before any training step. For a
+    ``DistributedDataParallel`` model a new wrapper is returned (all ranks must call this
+    together): use ``model = soft_to_hard_k(model)``.
     """
+    rounded_up(1, round_to, 1)  # validates round_to
     return _replace_modules(
-        model, lambda child: ChannelMask.from_soft(child) if isinstance(child, SigmoidSoftTopK) else None
+        model,
+        lambda child: ChannelMask.from_soft(child, round_to) if isinstance(child, SigmoidSoftTopK) else None,
     )
 
 

@@ -33,6 +33,13 @@ def num_kept_channels(channels: int, sparsity: float, min_remaining_elements: in
     return min(channels, max(wanted, min_remaining_elements, 1))
 
 
+def rounded_up(k: int, round_to: int, channels: int) -> int:
+    """``k`` rounded up to a multiple of ``round_to``, but no more than ``channels``."""
+    if int(round_to) != round_to or round_to < 1:
+        raise ValueError(f"round_to must be a positive integer, got {round_to}")
+    return min(channels, math.ceil(k / round_to) * int(round_to))
+
+
 def normalize_logits(logits: torch.Tensor) -> torch.Tensor:
     """Zero mean, unit standard deviation (at least ``MIN_STD``), in float32."""
     logits = logits.float()
@@ -157,11 +164,15 @@ class ChannelMask(nn.Module):
         self.register_buffer("mask", mask.detach().clone().float())
 
     @classmethod
-    def from_soft(cls, soft: SigmoidSoftTopK) -> ChannelMask:
-        """Exactly the ``k`` channels with the largest logits (ties broken by ``torch.topk``)."""
+    def from_soft(cls, soft: SigmoidSoftTopK, round_to: int = 1) -> ChannelMask:
+        """Exactly the ``k`` channels with the largest logits (ties broken by ``torch.topk``).
+
+        With ``round_to`` > 1, ``k`` is first rounded up to a multiple of it (at most all channels),
+        for widths that suit the hardware; the next-best channels fill the difference.
+        """
         logits = soft.weight.detach().float()
         mask = torch.zeros_like(logits)
-        mask[torch.topk(logits, soft.k).indices] = 1.0
+        mask[torch.topk(logits, rounded_up(soft.k, round_to, logits.numel())).indices] = 1.0
         return cls(mask)
 
     @property

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from acosp import inject, stats
+from acosp import inject, masks, stats
 
 _STATE_KEYS = (
     "starting_epoch",
@@ -19,6 +19,7 @@ _STATE_KEYS = (
     "final_temp",
     "learnable_weights",
     "finished",
+    "round_to",
 )
 
 
@@ -56,6 +57,7 @@ class SoftTopKPruner:
         final_temp: float = 0.001,
         learnable_weights: bool = True,
         finished: bool = False,
+        round_to: int = 1,
     ):
         if not 0.0 <= final_sparsity < 1.0:
             raise ValueError(f"final_sparsity must lie in [0, 1), got {final_sparsity}")
@@ -77,6 +79,9 @@ class SoftTopKPruner:
         self.learnable_weights = bool(learnable_weights)
         # Set by on_pruning_end, so that a pruner restored from a checkpoint prepares hard masks.
         self.finished = bool(finished)
+        # Hard masks keep k rounded up to a multiple of this (see acosp.inject.soft_to_hard_k).
+        masks.rounded_up(1, round_to, 1)
+        self.round_to = int(round_to)
 
     def temperature(self, epoch: float) -> float:
         """The temperature the masks get after training epoch ``epoch``."""
@@ -97,7 +102,7 @@ class SoftTopKPruner:
             learnable_weights=self.learnable_weights,
             temperature=self.initial_temp,
         )
-        return inject.soft_to_hard_k(model) if self.finished else model
+        return inject.soft_to_hard_k(model, self.round_to) if self.finished else model
 
     def update_mask_layers(self, model: nn.Module, epoch: int) -> None:
         """Set every soft mask to the temperature of ``epoch``."""
@@ -109,7 +114,7 @@ class SoftTopKPruner:
 
     def on_pruning_end(self, model: nn.Module) -> nn.Module:
         """Harden the masks and stop pruning; returns the model (a new wrapper for DDP)."""
-        model = inject.soft_to_hard_k(model)
+        model = inject.soft_to_hard_k(model, self.round_to)
         self.active = False
         self.finished = True
         return model
@@ -129,7 +134,7 @@ class SoftTopKPruner:
         return {key: getattr(self, key) for key in _STATE_KEYS}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        state = {"finished": False, **state}
+        state = {"finished": False, "round_to": 1, **state}
         missing = [key for key in _STATE_KEYS if key not in state]
         unknown = [key for key in state if key not in _STATE_KEYS]
         if missing or unknown:
