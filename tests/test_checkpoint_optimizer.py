@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from acosp import SoftTopKPruner
-from acosp.inject import soft_to_hard_k
+from acosp.inject import soft_masks, soft_to_hard_k
 from model import build_model, describe_arch
 from util.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from util.optimizer import build_optimizer, drop_stale_parameters, learning_rate, parameter_groups
@@ -87,7 +87,7 @@ def test_dropping_the_logits_leaves_the_optimizer_a_fresh_one_would_be():
     model = SoftTopKPruner(final_sparsity=0.5).configure_model(build_model(SMALL_SEGNET))
     optimizer = build_optimizer(model, SGD)
     _train_step(model, optimizer)
-    logits = {id(p) for name, p in model.named_parameters() if name.endswith(".1.weight")}
+    logits = {id(mask.weight) for mask in soft_masks(model)}
     model = soft_to_hard_k(model)
     assert drop_stale_parameters(optimizer, model) == len(logits) > 0
     assert not any(id(p) in logits for p in optimizer.state)
