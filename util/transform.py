@@ -147,7 +147,7 @@ class Resize:
         _check_pair(image, label)
         image = _like(cv2.resize(image, (self.w, self.h), interpolation=cv2.INTER_LINEAR), image)
         if label is not None:
-            label = cv2.resize(label, (self.w, self.h), interpolation=cv2.INTER_NEAREST)
+            label = cv2.resize(label, (self.w, self.h), interpolation=cv2.INTER_NEAREST_EXACT)
         return image, label
 
 
@@ -171,7 +171,7 @@ class RandScale:
         size = (max(1, round(w * fx)), max(1, round(h * fy)))
         image = _like(cv2.resize(image, size, interpolation=cv2.INTER_LINEAR), image)
         if label is not None:
-            label = cv2.resize(label, size, interpolation=cv2.INTER_NEAREST)
+            label = cv2.resize(label, size, interpolation=cv2.INTER_NEAREST_EXACT)
         return image, label
 
 
