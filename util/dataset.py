@@ -7,6 +7,7 @@ sizes, label values) is checked when a sample is read. Every error names the fil
 
 from __future__ import annotations
 
+import codecs
 import os
 import pickle
 from collections.abc import Callable
@@ -171,6 +172,7 @@ def _numpy_reconstructors() -> dict[str, object]:
     return {
         "_reconstruct": np.zeros(1).__reduce__()[0],
         "scalar": np.float64(0).__reduce__()[0],
+        "_frombuffer": np.zeros(1).__reduce_ex__(5)[0],
     }
 
 
@@ -178,8 +180,11 @@ class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles dicts, lists and numpy arrays only: a batch file cannot run code."""
 
     def find_class(self, module: str, name: str):
-        if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name in ("_reconstruct", "scalar"):
+        numpy_core = ("numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric", "numpy._core.numeric")
+        if module in numpy_core and name in ("_reconstruct", "scalar", "_frombuffer"):
             return _numpy_reconstructors()[name]
+        if (module, name) == ("_codecs", "encode"):  # bytes pickled by Python 3 at protocol 2
+            return codecs.encode
         if module == "numpy" and name in ("ndarray", "dtype"):
             return getattr(np, name)
         if module in ("numpy.core.multiarray", "numpy._core.multiarray", "numpy.dtypes") and name == "dtype":
