@@ -13,7 +13,7 @@ import copy
 import difflib
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,11 +55,10 @@ class Key:
 
 
 def _keys(section: str, *rows: tuple) -> dict[str, Key]:
+    """Rows of (name, type, default, meaning[, element type of a list]); a null default makes a key nullable."""
     out = {}
     for name, kind, default, doc, *options in rows:
-        nullable = default is None or "nullable" in options
-        item = next((option for option in options if isinstance(option, type)), None)
-        out[name] = Key(section, kind, default, doc, nullable, item)
+        out[name] = Key(section, kind, default, doc, nullable=default is None, item=options[0] if options else None)
     return out
 
 
@@ -210,6 +209,8 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = Fal
     seen = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, Hashable):
+            continue  # SafeLoader reports an unhashable key itself
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"the key {key!r} appears twice in one mapping", key_node.start_mark
