@@ -36,7 +36,7 @@ COMMON = dict(
     ignore_label=255,
     scales=[1.0],
     starting_epoch=0,
-    evaluate=True,
+    evaluate=False,
 )
 PSPNET = dict(arch="psp", layers=50, zoom_factor=8, aux_weight=0.4, head_lr_factor=10.0)
 PSPNET["pretrained_weights"] = "data/pretrained/resnet50_v2.pth"
