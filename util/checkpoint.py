@@ -1,0 +1,124 @@
+"""Checkpoints: plain dicts of tensors and Python values, written atomically, read with weights_only.
+
+A training checkpoint holds ``state_dict`` (the network, no ``module.`` prefix; semseg's key),
+``arch`` (what ``model.build_model`` needs to make the network again), ``pruner`` (the
+``SoftTopKPruner`` state, or None for a dense run), ``epoch`` (epochs finished), ``config`` (the
+resolved config as a dict) and, for resuming, ``optimizer``, ``scaler``, ``rng`` and ``best``.
+``model_from_checkpoint`` rebuilds the network from any of them, dense, soft, hard or compressed,
+and from semseg's own checkpoints when a config says which network they hold.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from acosp.inject import prepare_for_state_dict, unwrap
+from acosp.pruner import SoftTopKPruner
+from util.atomic import atomic_path
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, or does not fit the network it describes."""
+
+
+def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
+    """Write ``state`` to ``path`` through a temporary file, so a crash never leaves half a checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as temporary:
+        torch.save(dict(state), temporary)
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The dict saved at ``path``; tensors only, no pickled code (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        content = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {error}") from error
+    if not isinstance(content, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(content).__name__}, not a dict")
+    return content
+
+
+def network_state(checkpoint: Mapping[str, Any], path: str | Path = "checkpoint") -> dict[str, torch.Tensor]:
+    """The network's tensors, whichever key holds them; DataParallel's ``module.`` prefix removed."""
+    for key in ("state_dict", "model"):
+        if isinstance(checkpoint.get(key), Mapping):
+            return {name.removeprefix("module."): value for name, value in checkpoint[key].items()}
+    if checkpoint and all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
+        return {name.removeprefix("module."): value for name, value in checkpoint.items()}  # a bare state dict
+    raise CheckpointError(f"{path} holds no network weights (no 'state_dict' entry)")
+
+
+def _has_masks(state: Mapping[str, torch.Tensor]) -> bool:
+    return any(key.endswith(".1.mask") for key in state)
+
+
+def _pruner_for(checkpoint: Mapping[str, Any], cfg: Any) -> SoftTopKPruner | None:
+    if checkpoint.get("pruner"):
+        pruner = SoftTopKPruner()
+        pruner.load_state_dict(checkpoint["pruner"])
+        return pruner
+    sparsity = getattr(cfg, "sparsity", None) if cfg is not None else None
+    if sparsity:
+        return SoftTopKPruner(final_sparsity=sparsity, min_remaining_elements=getattr(cfg, "min_remaining_elements", 8))
+    return None
+
+
+def load_network_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    """``load_state_dict`` strictly, with an error that names the checkpoint and the keys that differ."""
+    expected = unwrap(model).state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(key for key in set(expected) & set(state) if expected[key].shape != state[key].shape)
+    if missing or unexpected or wrong:
+        parts = [
+            f"{label}: {', '.join(keys[:5])}{f' and {len(keys) - 5} more' if len(keys) > 5 else ''}"
+            for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong))
+            if keys
+        ]
+        raise CheckpointError(f"checkpoint {path} does not fit the network it names: " + "; ".join(parts))
+    unwrap(model).load_state_dict(state, strict=True)
+
+
+def model_from_checkpoint(path: str | Path, cfg: Any = None, map_location: str | torch.device = "cpu") -> nn.Module:
+    """The network saved at ``path``, with its weights, in eval mode.
+
+    The checkpoint's ``arch`` says which network it is; without one (semseg's checkpoints) the
+    config's ``arch``, ``layers``, ``classes``... do. Masked checkpoints get their masks back (soft
+    or hard, from the saved pruner state or the config's ``sparsity``); compressed ones their widths.
+    """
+    from model import build_model  # the library part of this module must not need model/
+
+    checkpoint = load_checkpoint(path, map_location)
+    state = network_state(checkpoint, path)
+    arch = checkpoint.get("arch")
+    if arch is None:
+        if cfg is None:
+            raise CheckpointError(f"checkpoint {path} has no 'arch' entry; give the config of the network it holds")
+        arch = cfg
+    model = build_model(arch)
+    if isinstance(checkpoint.get("compression"), Mapping):
+        from acosp.compress import apply_compression_spec
+
+        model = apply_compression_spec(model, checkpoint["compression"])
+    elif _has_masks(state):
+        pruner = _pruner_for(checkpoint, cfg)
+        if pruner is None:
+            raise CheckpointError(f"checkpoint {path} holds masks but no pruner state; give the config's sparsity")
+        model = pruner.configure_model(model)
+        prepare_for_state_dict(model, state)
+    load_network_state(model, state, path)
+    return model.to(map_location).eval()
