@@ -105,6 +105,9 @@ class ChannelFlow:
         self.links: list[Link] = []
         self.full: dict[int, str] = {}  # value index -> why it keeps every channel
         self.full_reasons: list[str] = []
+        # value index -> (representative channel, factor per channel): channel c is factor[c] times the
+        # representative where factor[c] != 0 (constants unpooled to the same positions).
+        self.proportional: dict[int, tuple[int, torch.Tensor]] = {}
         self.problems: list[str] = []
         for value in graph.inputs:
             self._set(value, live=True)
@@ -113,6 +116,7 @@ class ChannelFlow:
             self._visit(node)
         for value in graph.outputs:
             self._keep_full(value, "a network output")
+        self._settle_proportional()
         if self.problems:
             raise UnsupportedOperation(
                 "cannot compress this network: "
@@ -367,17 +371,43 @@ class ChannelFlow:
             self._unknown(node, "unpools with indices it did not compute")
             return
         indices = indices.value
-        live = self.live[source.index] | self.live.get(indices.index, torch.tensor(True))
         shot = node.snapshots.get(source.index)
-        if shot is None:
+        if shot is None or indices.index not in self.live:
             self._unknown(node, "unpools a tensor that is not floating point")
             return
+        live = self.live[source.index] | self.live[indices.index]
         constant = shot.first
-        # A constant c unpooled lands on the pooling positions: uniform only when c == 0.
-        uniform = self.uniform[source.index] & (constant == 0)
+        uniform = self.uniform[source.index]
+        # A constant c unpooled lands on the pooling positions: uniform only when c == 0. Where the indices
+        # come from pooling a uniform constant too, they are the same for every such channel (the first
+        # position of each window), so those channels are multiples of one another: one of them is kept
+        # and the consuming conv takes the others as multiples of it.
+        pattern = ~live & uniform & self.uniform[indices.index] & (constant != 0)
+        uniform = uniform & ((constant == 0) | pattern)
+        if pattern.any():
+            representative = int(torch.nonzero(pattern)[0])
+            uniform[representative] = False
+            factors = torch.where(pattern, constant / constant[representative], torch.zeros_like(constant))
+            factors[representative] = 0.0
+            self.proportional[output.index] = (representative, factors)
         self._set(output, live, uniform)
         self._link(source, output)
         self._link(indices, output)
+
+    def _settle_proportional(self) -> None:
+        """Channels kept as multiples of another hold only where convs or linear layers read them directly."""
+        readers: dict[int, list[Node]] = {}
+        for node in self.graph.nodes:
+            for value in node.inputs:
+                readers.setdefault(value.index, []).append(node)
+        outputs = {value.index for value in self.graph.outputs}
+        for index, (_, factors) in list(self.proportional.items()):
+            direct = index not in outputs and all(
+                node.kind == "module" and _folds_input(node.target) for node in readers.get(index, [])
+            )
+            if not direct:
+                self.uniform[index] &= factors == 0
+                del self.proportional[index]
 
     def _pad(self, node: Node) -> None:
         source = node.inputs[0]
@@ -461,6 +491,14 @@ class ChannelFlow:
     def layout(self, value: Value) -> torch.Tensor:
         """The channels of the full tensor that the compressed tensor holds, in order."""
         return torch.nonzero(self.required[value.index]).flatten()
+
+
+def _folds_input(module: nn.Module) -> bool:
+    """A layer that is linear in its input channels and reads each of them whole (no groups)."""
+    conv = module.conv if isinstance(module, MaskedConv) else module
+    if isinstance(conv, nn.Linear):
+        return True
+    return isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) and conv.groups == 1
 
 
 def _normalized(dim: int, ndim: int) -> int:

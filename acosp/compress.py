@@ -224,6 +224,18 @@ def _constants(call: Node, value: Value, dropped: torch.Tensor) -> torch.Tensor:
     return first
 
 
+def _dropped_inputs(flow: ChannelFlow, value: Value):
+    """The dropped constant channels of a layer's input, and (representative, factors) of dropped multiples."""
+    dropped = ~flow.required[value.index]
+    multiples = flow.proportional.get(value.index)
+    if multiples is not None:
+        representative, factors = multiples
+        factors = torch.where(dropped, factors, torch.zeros_like(factors))
+        dropped = dropped & (factors == 0)
+        multiples = (representative, factors) if factors.any() else None
+    return torch.nonzero(dropped).flatten(), multiples
+
+
 def _narrowed_conv(conv: nn.Module, kept: torch.Tensor, call: Node, flow: ChannelFlow):
     source, output = call.inputs[0], call.outputs[0]
     transposed = isinstance(conv, nn.ConvTranspose2d)
@@ -247,14 +259,23 @@ def _narrowed_conv(conv: nn.Module, kept: torch.Tensor, call: Node, flow: Channe
     in_layout = flow.layout(source)
     out_layout = flow.layout(output)
     kept_index = torch.nonzero(kept).flatten()
-    dropped = torch.nonzero(~flow.required[source.index]).flatten()
+    dropped, multiples = _dropped_inputs(flow, source)
     constants = _constants(call, source, dropped)
     if transposed:  # weight [in, out, kh, kw]
-        narrow = weight[in_layout][:, kept_index]
+        narrow = weight[in_layout][:, kept_index].clone()
         folded = torch.einsum("iokl,i->okl", weight[dropped][:, kept_index].double(), constants)
     else:
-        narrow = weight[kept_index][:, in_layout]
+        narrow = weight[kept_index][:, in_layout].clone()
         folded = torch.einsum("oikl,i->okl", weight[kept_index][:, dropped].double(), constants)
+    if multiples is not None:  # channels that are multiples of a kept one: add their filters to its filter
+        representative, factors = multiples
+        position = int(torch.searchsorted(in_layout, representative))
+        channels = torch.nonzero(factors).flatten()
+        scale = factors[channels].to(weight.dtype)
+        if transposed:
+            narrow[position] += torch.einsum("iokl,i->okl", weight[channels][:, kept_index], scale)
+        else:
+            narrow[:, position] += torch.einsum("oikl,i->okl", weight[kept_index][:, channels], scale)
     has_constant = bool(dropped.numel()) and bool(folded.abs().max() > 0)
     new_bias = None if bias is None else bias[kept_index].double()
     constant_input = False
@@ -326,7 +347,9 @@ def _make_conv(entry, conv, weight, bias, out_index, kernel) -> nn.Module:
 def _narrowed_linear(linear: nn.Linear, call: Node, flow: ChannelFlow):
     source = call.inputs[0]
     layout = flow.layout(source)
-    dropped = torch.nonzero(~flow.required[source.index]).flatten()
+    dropped, multiples = _dropped_inputs(flow, source)
+    if multiples is not None:
+        raise RuntimeError(f"internal error: {call.where()} reads channels that are multiples of others")
     constants = _constants(call, source, dropped)
     weight = linear.weight.detach()
     bias = torch.zeros(linear.out_features, dtype=torch.float64) if linear.bias is None else linear.bias.double()

@@ -363,3 +363,15 @@ def test_spec_that_does_not_fit_the_network_is_refused():
         apply_compression_spec(nn.Sequential(nn.Conv2d(3, 3, 1)), spec)
     with pytest.raises(ValueError, match="not an acosp compression spec"):
         apply_compression_spec(SmallCNN(), {"layers": {}})
+
+
+def test_unpooled_constants_cost_at_most_one_channel():
+    """Pruned channels unpooled by indices of pruned channels are multiples of one another: one is kept."""
+    model, size = hard_masked("unpool", 0.75)
+    compressed = compress(model, torch.randn(2, 3, size, size))
+    encoder = model.enc1[1][0].mask_layer.mask > 0.5
+    decoder = model.dec2[1][0].mask_layer.mask > 0.5
+    union = int((encoder | decoder).sum())
+    assert union < 16
+    assert union <= compressed.enc1[1][0].out_width <= union + 1
+    assert compressed.dec1[0].in_channels == compressed.enc1[1][0].out_width
