@@ -157,7 +157,7 @@ def _rebuild(network: nn.Module, graph: Graph, flow: ChannelFlow) -> tuple[nn.Mo
     for name, module in network.named_modules(remove_duplicate=False):
         names.setdefault(id(module), []).append(name)
     layers: dict[str, dict[str, Any]] = {}
-    replacements: dict[str, nn.Module] = {}
+    replacements: dict[int, nn.Module] = {}  # id of a layer -> what the copy gets in its place
     kept: dict[str, list[int]] = {}
     for calls in graph.module_calls().values():
         module = calls[0].target
@@ -169,15 +169,16 @@ def _rebuild(network: nn.Module, graph: Graph, flow: ChannelFlow) -> tuple[nn.Mo
         if built is None:
             continue
         new, entry = built
+        replacements[id(module)] = new
         for alias in names[id(module)]:
             layers[alias] = entry
-            replacements[alias] = new
-    for name in _unused_subtrees(network, graph):
-        layers[name] = {"type": "Removed"}
-        replacements[name] = RemovedLayer(name)
-    compressed = copy.deepcopy(network)
-    for name, module in replacements.items():
-        _set_module(compressed, name, module)
+    for name, module in _unused_subtrees(network, graph):
+        replacements[id(module)] = RemovedLayer(name)
+        for alias in names[id(module)]:
+            layers[alias] = {"type": "Removed"}
+    # deepcopy takes what its memo holds for an object as that object's copy: the replaced layers are
+    # not copied at all, and every place that shares one gets the same replacement.
+    compressed = copy.deepcopy(network, memo=dict(replacements))
     spec = {
         "format": SPEC_FORMAT,
         "version": SPEC_VERSION,
@@ -261,21 +262,19 @@ def _narrowed_conv(conv: nn.Module, kept: torch.Tensor, call: Node, flow: Channe
     kept_index = torch.nonzero(kept).flatten()
     dropped, multiples = _dropped_inputs(flow, source)
     constants = _constants(call, source, dropped)
-    if transposed:  # weight [in, out, kh, kw]
-        narrow = weight[in_layout][:, kept_index].clone()
-        folded = torch.einsum("iokl,i->okl", weight[dropped][:, kept_index].double(), constants)
-    else:
-        narrow = weight[kept_index][:, in_layout].clone()
-        folded = torch.einsum("oikl,i->okl", weight[kept_index][:, dropped].double(), constants)
+    # Filters by output channel then by input channel, whatever the layout of the weight.
+    by_output = weight.transpose(0, 1) if transposed else weight
+    by_output = by_output.index_select(0, kept_index)
+    narrow = by_output.index_select(1, in_layout)
+    folded = torch.einsum("oikl,i->okl", by_output.index_select(1, dropped).double(), constants)
     if multiples is not None:  # channels that are multiples of a kept one: add their filters to its filter
         representative, factors = multiples
         position = int(torch.searchsorted(in_layout, representative))
         channels = torch.nonzero(factors).flatten()
         scale = factors[channels].to(weight.dtype)
-        if transposed:
-            narrow[position] += torch.einsum("iokl,i->okl", weight[channels][:, kept_index], scale)
-        else:
-            narrow[:, position] += torch.einsum("oikl,i->okl", weight[kept_index][:, channels], scale)
+        narrow[:, position] += torch.einsum("oikl,i->okl", by_output.index_select(1, channels), scale)
+    if transposed:
+        narrow = narrow.transpose(0, 1)
     has_constant = bool(dropped.numel()) and bool(folded.abs().max() > 0)
     new_bias = None if bias is None else bias[kept_index].double()
     constant_input = False
@@ -452,8 +451,8 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
     parent._modules[last] = module
 
 
-def _unused_subtrees(network: nn.Module, graph: Graph) -> list[str]:
-    """Names of the largest sub-modules holding weights that the traced forward pass never used."""
+def _unused_subtrees(network: nn.Module, graph: Graph) -> list[tuple[str, nn.Module]]:
+    """The largest sub-modules (name, module) holding weights that the traced forward pass never used."""
     used = set(graph.called_modules)
     for module in network.modules():
         own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
@@ -469,7 +468,7 @@ def _unused_subtrees(network: nn.Module, graph: Graph) -> list[str]:
             subtree = list(child.modules())
             holds = any(True for m in subtree for _ in [*m.parameters(recurse=False), *m.buffers(recurse=False)])
             if holds and not any(id(m) in used for m in subtree):
-                removed.append(name)
+                removed.append((name, child))
             elif not is_step(child):
                 visit(child, name + ".")
 

@@ -25,14 +25,16 @@ def _validity(size: int, out_size: int, kernel: int, stride: int, pad_before: in
     return (position >= 0) & (position < size)
 
 
-def _edge_counts(valid: torch.Tensor) -> tuple[int, int]:
-    """How many leading and trailing output positions see padding (all of them if they overlap)."""
-    border = ~valid.all(1)
-    size = border.numel()
-    if border.all():
-        return size, 0
-    inner = torch.nonzero(~border).flatten()
-    return int(inner[0]), size - 1 - int(inner[-1])
+def _edge_counts(size: int, out_size: int, kernel: int, stride: int, pad_before: int, dilation: int) -> tuple[int, int]:
+    """How many leading and trailing output positions have a tap on the padding (from the sizes alone).
+
+    Position y reads padding when ``y * stride < pad_before`` or when its last tap,
+    ``y * stride - pad_before + (kernel - 1) * dilation``, lies beyond the image.
+    """
+    leading = min(out_size, -(-pad_before // stride))
+    first_trailing = -(-(size + pad_before - (kernel - 1) * dilation) // stride)
+    trailing = out_size - min(out_size, max(first_trailing, leading))
+    return leading, trailing
 
 
 def add_border_correction(
@@ -52,27 +54,30 @@ def add_border_correction(
         pad_w = conv.dilation[1] * (kernel_w - 1) // 2
     else:
         pad_h, pad_w = conv.padding
-    rows = _validity(input_size[0], height, kernel_h, conv.stride[0], pad_h, conv.dilation[0]).to(kernel)
-    cols = _validity(input_size[1], width, kernel_w, conv.stride[1], pad_w, conv.dilation[1]).to(kernel)
-    interior = kernel.sum((1, 2))[:, None, None]
-    top, bottom = _edge_counts(rows.bool())
-    left, right = _edge_counts(cols.bool())
+    row_geometry = (input_size[0], height, kernel_h, conv.stride[0], pad_h, conv.dilation[0])
+    col_geometry = (input_size[1], width, kernel_w, conv.stride[1], pad_w, conv.dilation[1])
+    top, bottom = _edge_counts(*row_geometry)
+    left, right = _edge_counts(*col_geometry)
+    if not (top or bottom or left or right):
+        return output
+    rows = _validity(*row_geometry).to(kernel)
+    cols = _validity(*col_geometry).to(kernel)
+    interior = kernel.sum((1, 2))
     dtype = output.dtype
     if top or bottom:
         edge_rows = torch.cat([rows[:top], rows[height - bottom :]])
-        correction = torch.einsum("yi,oij,xj->oyx", edge_rows, kernel, cols) - interior
+        correction = torch.einsum("yi,oij,xj->oyx", edge_rows, kernel, cols) - interior[:, None, None]
         correction = correction.to(dtype)
         if top:
             output[:, :, :top] += correction[:, :top]
         if bottom:
             output[:, :, height - bottom :] += correction[:, top:]
     if (left or right) and top + bottom < height:
-        correction = (torch.einsum("oij,xj->ox", kernel, cols) - interior[:, 0]).to(dtype)
-        middle = output[:, :, top : height - bottom]
+        correction = (torch.einsum("oij,xj->ox", kernel, cols) - interior[:, None]).to(dtype)
         if left:
-            middle[..., :left] += correction[:, None, :left]
+            output[:, :, top : height - bottom, :left] += correction[:, None, :left]
         if right:
-            middle[..., width - right :] += correction[:, None, width - right :]
+            output[:, :, top : height - bottom, width - right :] += correction[:, None, width - right :]
     return output
 
 

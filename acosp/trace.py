@@ -107,8 +107,8 @@ def tensors_in(structure: Any) -> Iterator[torch.Tensor]:
 def snapshot(tensor: torch.Tensor) -> Snapshot | None:
     if tensor.dim() < 2 or tensor.numel() == 0 or not tensor.is_floating_point():
         return None
-    flat = tensor.detach().transpose(0, 1).reshape(tensor.shape[1], -1).double()
-    return Snapshot(first=flat[:, 0].cpu(), spread=(flat.amax(1) - flat.amin(1)).cpu())
+    flat = tensor.detach().transpose(0, 1).reshape(tensor.shape[1], -1).float()
+    return Snapshot(first=flat[:, 0].double().cpu(), spread=(flat.amax(1) - flat.amin(1)).double().cpu())
 
 
 class _Recorder(TorchFunctionMode):

@@ -1,0 +1,122 @@
+"""The repository's networks compress exactly at every sparsity of the publication, and load back from checkpoints."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_compress import random_batch_norm
+
+from acosp.compress import compress, compression_spec
+from acosp.inject import MaskedConv
+from acosp.pruner import SoftTopKPruner
+from acosp.stats import model_statistics
+from model import build_model, describe_arch
+from util.checkpoint import model_from_checkpoint, save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+SPARSITIES = (0.5, 0.75, 0.875, 0.9375)
+NETWORKS = {
+    "pspnet50": ({"arch": "psp", "layers": 50, "classes": 5}, 33),
+    "segnet": ({"arch": "segnet", "classes": 5}, 32),
+    "resnet18": ({"arch": "resnet18", "classes": 10}, 32),
+}
+
+
+def pruned(arch, sparsity, seed=0):
+    """The network with random hard masks and BatchNorm statistics as after training."""
+    torch.manual_seed(seed)
+    model = random_batch_norm(build_model(arch))
+    pruner = SoftTopKPruner(final_sparsity=sparsity)
+    return pruner.on_pruning_end(pruner.configure_model(model)).eval(), pruner
+
+
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+@pytest.mark.parametrize("network", sorted(NETWORKS))
+def test_network_compresses_exactly(network, sparsity):
+    arch, size = NETWORKS[network]
+    model, _ = pruned(arch, sparsity)
+    x = torch.randn(2, 3, size, size)
+    compressed = compress(model, x, tolerance=1e-5)  # compared with the masked network on x
+    assert compression_spec(compressed)["relative_error"] < 1e-5
+    masked = sum(
+        isinstance(module, MaskedConv) and not name.startswith("aux") for name, module in model.named_modules()
+    )
+    assert len(compression_spec(compressed)["kept_channels"]) == masked
+    kept = sum(k for k, _ in compression_spec(compressed)["kept_channels"].values())
+    total = sum(c for _, c in compression_spec(compressed)["kept_channels"].values())
+    assert kept / total < 1 - sparsity + 0.02
+
+
+def test_pspnet_compressed_at_the_paper_sparsity_matches_on_new_inputs_and_shrinks():
+    arch, size = NETWORKS["pspnet50"]
+    model, _ = pruned(arch, 0.75)
+    x = torch.randn(1, 3, size, size)
+    compressed = compress(model, x)
+    fresh = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        expected = model(fresh)
+        assert float((compressed(fresh) - expected).abs().max() / expected.abs().max()) < 1e-5
+    dense, small = model_statistics(model, x, as_compressed=False), model_statistics(compressed, x)
+    assert dense["macs"] / small["macs"] > 6 and dense["parameters"] / small["parameters"] > 6
+    assert model_statistics(model, x)["macs"] == small["macs"]  # a masked network counts as compressed
+
+
+def test_compressed_checkpoint_loads_with_weights_only_from_its_arch(tmp_path):
+    arch = {"arch": "segnet", "classes": 3, "width": 0.125}
+    model, pruner = pruned(arch, 0.75)
+    x = torch.randn(1, 3, 32, 64)
+    compressed = compress(model, x)
+    path = save_checkpoint(
+        {
+            "state_dict": compressed.state_dict(),
+            "arch": describe_arch(arch),
+            "compression": compression_spec(compressed),
+        },
+        tmp_path / "compressed.pth",
+    )
+    restored = model_from_checkpoint(path)  # torch.load(weights_only=True), no config
+    with torch.no_grad():
+        assert torch.equal(restored(x), compressed(x))
+    assert sum(p.numel() for p in restored.parameters()) == sum(p.numel() for p in compressed.parameters())
+
+
+def test_compress_tool_writes_a_checkpoint_that_loads(tmp_path):
+    arch = {"arch": "segnet", "classes": 3, "width": 0.125}
+    model, pruner = pruned(arch, 0.75)
+    state = {"state_dict": model.state_dict(), "arch": describe_arch(arch), "pruner": pruner.state_dict()}
+    checkpoint = save_checkpoint(state, tmp_path / "model" / "final.pth")
+    config = tmp_path / "test_segnet.yaml"
+    config.write_text(
+        f"DATA:\n  dataset: test\n  data_root: {tmp_path}\n  train_list: {tmp_path}/list.txt\n  classes: 3\n"
+        f"TRAIN:\n  arch: segnet\n  save_path: {tmp_path}/model\nTEST:\n  test_h: 32\n  test_w: 64\n"
+    )
+    command = [sys.executable, "tool/compress.py", "--config", str(config), "--runs", "1"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "parameters" in result.stdout and "latency (ms)" in result.stdout
+    written = tmp_path / "model" / "final_compressed.pth"
+    assert f"compressed checkpoint: {written}" in result.stdout
+    restored = model_from_checkpoint(written)
+    x = torch.randn(1, 3, 32, 64)
+    with torch.no_grad():
+        assert float((restored(x) - model(x)).abs().max() / model(x).abs().max()) < 1e-5
+    assert checkpoint.stat().st_size > 4 * written.stat().st_size
+
+
+def test_compress_tool_refuses_soft_masks(tmp_path):
+    arch = {"arch": "segnet", "classes": 3, "width": 0.125}
+    torch.manual_seed(0)
+    pruner = SoftTopKPruner(final_sparsity=0.5)
+    model = pruner.configure_model(build_model(arch))
+    state = {"state_dict": model.state_dict(), "arch": describe_arch(arch), "pruner": pruner.state_dict()}
+    save_checkpoint(state, tmp_path / "soft.pth")
+    config = tmp_path / "test_segnet.yaml"
+    config.write_text(
+        f"DATA:\n  dataset: test\n  data_root: {tmp_path}\n  train_list: x.txt\n  classes: 3\n"
+        f"TRAIN:\n  arch: segnet\nTEST:\n  model_path: {tmp_path}/soft.pth\n"
+    )
+    command = [sys.executable, "tool/compress.py", "--config", str(config), "--runs", "0"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2 and "soft masks" in result.stderr and "ending_epoch" in result.stderr

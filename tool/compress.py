@@ -1,0 +1,151 @@
+"""Compress a pruned checkpoint into a smaller network: python tool/compress.py --config FILE [key value ...].
+
+    python tool/compress.py --config config/camvid/camvid_segnet_0.75.yaml
+    python tool/compress.py --config config/camvid/camvid_segnet_0.75.yaml model_path exp/x/final.pth onnx x.onnx
+
+Reads the checkpoint ``model_path`` (default: final.pth in save_path; its masks must be hard, i.e.
+saved after ending_epoch), removes the pruned channels (acosp.compress) at the test crop size
+(test_h x test_w; 32x32 for resnet18), and writes the compressed checkpoint, which tool/test.py
+and tool/demo.py load like any other. Prints parameters, MACs and the measured CPU latency before
+and after, and which layers write into wider tensors. Besides config overrides, two keys belong
+to this tool: ``compressed_path`` (default: the checkpoint's name with ``_compressed``) and
+``onnx`` (also export the compressed network to this ONNX file and check it with onnxruntime;
+needs ``pip install '.[onnx]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from acosp.compress import compress, compression_report, compression_spec  # noqa: E402
+from acosp.inject import soft_masks  # noqa: E402
+from acosp.stats import format_comparison, format_model_statistics, model_statistics  # noqa: E402
+from model import describe_arch  # noqa: E402
+from util.atomic import atomic_path  # noqa: E402
+from util.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint  # noqa: E402
+from util.config import ConfigError, load_config, repo_path  # noqa: E402
+from util.latency import median_latency  # noqa: E402
+
+TOOL_KEYS = ("compressed_path", "onnx")
+
+
+class CompressError(RuntimeError):
+    """Something about the inputs that stops compression; the message says what."""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="the experiment's YAML, e.g. config/camvid/camvid_segnet_0.75.yaml")
+    parser.add_argument("--runs", type=int, default=5, help="timed forward passes per network (median); 0: no timing")
+    parser.add_argument("--layers", action="store_true", help="also print parameters and MACs of every layer")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="'key value' pairs: config overrides, compressed_path, onnx")
+    return parser.parse_args(argv)
+
+
+def split_tool_keys(opts: list[str]) -> tuple[dict[str, str], list[str]]:
+    """This tool's own ``key value`` pairs, and the config overrides that remain."""
+    if len(opts) % 2:
+        raise ConfigError(f"overrides come in 'key value' pairs, got an odd number: {' '.join(opts)}")
+    own, rest = {}, []
+    for key, value in zip(opts[::2], opts[1::2]):
+        if key in TOOL_KEYS:
+            own[key] = value
+        else:
+            rest += [key, value]
+    return own, rest
+
+
+def example_input(cfg) -> torch.Tensor:
+    """One random image at the size the network is evaluated at."""
+    if cfg.arch == "resnet18":
+        return torch.randn(1, 3, 32, 32)
+    return torch.randn(1, 3, cfg.test_h, cfg.test_w)
+
+
+def export_onnx(model: torch.nn.Module, x: torch.Tensor, path: Path) -> float | None:
+    """Write the ONNX file; returns onnxruntime's relative difference to torch, or None without onnxruntime."""
+    try:
+        import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
+    except ImportError as error:
+        raise CompressError("ONNX export needs onnx and onnxscript: pip install '.[onnx]'") from error
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), atomic_path(path) as temporary:
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(temporary), dynamo=True, external_data=False, verbose=False)
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    result = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.inference_mode():
+        expected = model(x).numpy()
+    scale = max(float(abs(expected).max()), 1e-12)
+    return float(abs(result - expected).max()) / scale
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    own, overrides = split_tool_keys(args.opts)
+    cfg = load_config(args.config, overrides)
+    model_path = cfg.path("model_path") if cfg.model_path else cfg.path("save_path") / "final.pth"
+    masked = model_from_checkpoint(model_path, cfg)
+    if soft_masks(masked):
+        raise CompressError(
+            f"{model_path} still has soft masks (pruning had not ended when it was saved); "
+            "compress a checkpoint saved after ending_epoch"
+        )
+    x = example_input(cfg)
+    compressed = compress(masked, x)
+    before = model_statistics(masked, x, as_compressed=False)
+    after = model_statistics(compressed, x)
+    if args.runs > 0:
+        before["latency"] = median_latency(masked, x, runs=args.runs)
+        after["latency"] = median_latency(compressed, x, runs=args.runs)
+
+    source = load_checkpoint(model_path)
+    target = repo_path(own["compressed_path"]) if "compressed_path" in own else None
+    target = target or model_path.with_name(f"{model_path.stem}_compressed.pth")
+    save_checkpoint(
+        {
+            "state_dict": {key: value.detach().cpu() for key, value in compressed.state_dict().items()},
+            "arch": source.get("arch") or describe_arch(cfg),
+            "compression": compression_spec(compressed),
+            "config": cfg.to_dict(),
+            "source": str(model_path),
+        },
+        target,
+    )
+
+    size = "x".join(str(side) for side in x.shape[-2:])
+    print(f"{model_path} at {size}, batch 1, CPU ({torch.get_num_threads()} threads):")
+    print(format_comparison({"masked": before, "compressed": after}))
+    if args.layers:
+        print(format_model_statistics(after))
+    print(compression_report(compressed))
+    print(f"compressed checkpoint: {target}")
+    if "onnx" in own:
+        path = repo_path(own["onnx"])
+        difference = export_onnx(compressed, x, path)
+        checked = "onnxruntime not installed: not checked" if difference is None else f"onnxruntime differs by {difference:.2g}"
+        print(f"ONNX: {path} ({checked})")
+        if difference is not None and not difference < 1e-4:
+            raise CompressError(f"the ONNX file's outputs differ from the network's by {difference:.3g}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (ConfigError, CheckpointError, CompressError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

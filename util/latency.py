@@ -1,0 +1,40 @@
+"""How long a network takes for one forward pass: the median of repeated timed runs, after warm-up."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def _synchronize(args: tuple) -> None:
+    if any(isinstance(arg, torch.Tensor) and arg.is_cuda for arg in args):
+        torch.cuda.synchronize()
+
+
+def median_latency(model: nn.Module, example_input: Any, runs: int = 10, warmup: int = 3) -> float:
+    """Median seconds of ``model(example_input)`` in eval mode under ``torch.inference_mode``.
+
+    The first ``warmup`` runs (allocator, kernel selection) are not timed.
+    """
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    training = model.training
+    model.eval()
+    times = []
+    try:
+        with torch.inference_mode():
+            for step in range(warmup + runs):
+                _synchronize(args)
+                start = time.perf_counter()
+                model(*args)
+                _synchronize(args)
+                if step >= warmup:
+                    times.append(time.perf_counter() - start)
+    finally:
+        model.train(training)
+    return statistics.median(times)
