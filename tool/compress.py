@@ -33,7 +33,7 @@ from model import describe_arch  # noqa: E402
 from util.atomic import atomic_path  # noqa: E402
 from util.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint  # noqa: E402
 from util.config import ConfigError, load_config, repo_path  # noqa: E402
-from util.latency import median_latency  # noqa: E402
+from util.latency import median_latencies  # noqa: E402
 
 TOOL_KEYS = ("compressed_path", "onnx")
 
@@ -44,10 +44,10 @@ class CompressError(RuntimeError):
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="the experiment's YAML, e.g. config/camvid/camvid_segnet_0.75.yaml")
+    parser.add_argument("--config", required=True, help="experiment YAML, e.g. config/camvid/camvid_segnet_0.75.yaml")
     parser.add_argument("--runs", type=int, default=5, help="timed forward passes per network (median); 0: no timing")
     parser.add_argument("--layers", action="store_true", help="also print parameters and MACs of every layer")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="'key value' pairs: config overrides, compressed_path, onnx")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="'key value' pairs: overrides, compressed_path, onnx")
     return parser.parse_args(argv)
 
 
@@ -109,8 +109,8 @@ def main(argv=None) -> int:
     before = model_statistics(masked, x, as_compressed=False)
     after = model_statistics(compressed, x)
     if args.runs > 0:
-        before["latency"] = median_latency(masked, x, runs=args.runs)
-        after["latency"] = median_latency(compressed, x, runs=args.runs)
+        latency = median_latencies({"masked": masked, "compressed": compressed}, x, runs=args.runs)
+        before["latency"], after["latency"] = latency["masked"], latency["compressed"]
 
     source = load_checkpoint(model_path)
     target = repo_path(own["compressed_path"]) if "compressed_path" in own else None
@@ -136,8 +136,10 @@ def main(argv=None) -> int:
     if "onnx" in own:
         path = repo_path(own["onnx"])
         difference = export_onnx(compressed, x, path)
-        checked = "onnxruntime not installed: not checked" if difference is None else f"onnxruntime differs by {difference:.2g}"
-        print(f"ONNX: {path} ({checked})")
+        if difference is None:
+            print(f"ONNX: {path} (onnxruntime is not installed: not checked)")
+        else:
+            print(f"ONNX: {path} (onnxruntime's outputs differ by {difference:.2g}, relative)")
         if difference is not None and not difference < 1e-4:
             raise CompressError(f"the ONNX file's outputs differ from the network's by {difference:.3g}")
     return 0

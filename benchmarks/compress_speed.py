@@ -1,0 +1,153 @@
+"""How much smaller and faster compression makes PSPNet50 and SegNet, dense and at the publication's sparsities.
+
+    python benchmarks/compress_speed.py [--runs 5] [--warmup 2] [--threads N] [--profile] [--quick]
+
+For PSPNet50 at 473x473 and SegNet at 360x480 (batch 1, torch.inference_mode, CPU unless --device
+cuda), dense and at sparsity 0.5, 0.75, 0.875 and 0.9375, with random hard masks and BatchNorm
+statistics as after training (there are no trained weights here): parameters and MACs of the
+masked and the compressed network, and median latencies of the dense network, the masked one
+and the compressed one, taking turns. "speedup" is dense latency / compressed latency;
+"of MACs" is that speedup divided by the MAC reduction. --profile adds, per compressed network,
+the share of time by operation, which shows where the work that does not shrink takes over.
+--quick is a smoke test on tiny inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from acosp.compress import compress  # noqa: E402
+from acosp.pruner import SoftTopKPruner  # noqa: E402
+from acosp.stats import model_statistics  # noqa: E402
+from model import build_model  # noqa: E402
+from util.latency import median_latencies  # noqa: E402
+
+SPARSITIES = (0.5, 0.75, 0.875, 0.9375)
+NETWORKS = {
+    "PSPNet50": ({"arch": "psp", "layers": 50, "classes": 21}, (473, 473), (65, 65)),
+    "SegNet": ({"arch": "segnet", "classes": 11}, (360, 480), (32, 64)),
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per network (median)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs first")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--half", action="store_true", help="float16 (on CUDA)")
+    parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
+    parser.add_argument("--sparsities", nargs="+", type=float, default=list(SPARSITIES))
+    parser.add_argument("--profile", action="store_true", help="time shares by operation of each compressed network")
+    parser.add_argument("--quick", action="store_true", help="tiny inputs, one sparsity, one run: a smoke test")
+    return parser.parse_args(argv)
+
+
+def trained_looking(model: nn.Module, seed: int) -> nn.Module:
+    """BatchNorm statistics and shifts as after training, so pruned channels carry non-zero constants."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                channels = module.num_features
+                module.weight.copy_(torch.rand(channels, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(channels, generator=generator) * 0.5)
+                module.running_mean.copy_(torch.randn(channels, generator=generator) * 0.5)
+                module.running_var.copy_(torch.rand(channels, generator=generator) * 1.5 + 0.5)
+    return model
+
+
+def masked_network(arch: dict, sparsity: float, seed: int = 0) -> nn.Module:
+    """The network with random hard masks (random logits, then the top-k of each layer)."""
+    torch.manual_seed(seed)
+    model = trained_looking(build_model(arch), seed)
+    if sparsity > 0:
+        pruner = SoftTopKPruner(final_sparsity=sparsity)
+        model = pruner.on_pruning_end(pruner.configure_model(model))
+    return model.eval()
+
+
+def operation_shares(model: nn.Module, x: torch.Tensor) -> list[tuple[str, float]]:
+    """Fraction of the forward pass's self time per operation, largest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode():
+        model(x)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            model(x)
+    totals: dict[str, float] = defaultdict(float)
+    for event in prof.key_averages():
+        totals[event.key.removeprefix("aten::").removeprefix("mkldnn_")] += event.self_cpu_time_total
+    whole = sum(totals.values()) or 1.0
+    shares = sorted(((name, time / whole) for name, time in totals.items()), key=lambda item: -item[1])
+    return [(name, share) for name, share in shares if share >= 0.01]
+
+
+def human(number: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if number >= scale:
+            return f"{number / scale:.2f}{unit}"
+    return f"{number:.0f}"
+
+
+def benchmark(name: str, args: argparse.Namespace) -> None:
+    arch, full_size, quick_size = NETWORKS[name]
+    size = quick_size if args.quick else full_size
+    sparsities = (0.75,) if args.quick else args.sparsities
+    dtype = torch.float16 if args.half else torch.float32
+    x = torch.randn(1, 3, *size, device=args.device, dtype=dtype)
+    dense = masked_network(arch, 0.0).to(args.device, dtype)
+    dense_stats = model_statistics(dense, x)
+    print(f"\n{name} at {size[0]}x{size[1]}, batch 1, {describe_device(args)}")
+    print(
+        f"{'sparsity':>8}  {'params':>17}  {'MACs':>17}  {'MAC ratio':>9}  "
+        f"{'dense ms':>9}  {'masked ms':>9}  {'compressed ms':>13}  {'speedup':>7}  {'of MACs':>7}"
+    )
+    runs, warmup = (1, 0) if args.quick else (args.runs, args.warmup)
+    for sparsity in sparsities:
+        masked = masked_network(arch, sparsity).to(args.device, dtype)
+        compressed = compress(masked, x, check=not args.half)
+        stats = model_statistics(compressed, x)
+        models = {"dense": dense, "masked": masked, "compressed": compressed}
+        latency = {name: seconds * 1000 for name, seconds in median_latencies(models, x, runs, warmup).items()}
+        ratio = dense_stats["macs"] / stats["macs"]
+        speedup = latency["dense"] / latency["compressed"]
+        print(
+            f"{sparsity:>8}  {human(dense_stats['parameters']) + ' -> ' + human(stats['parameters']):>17}  "
+            f"{human(dense_stats['macs']) + ' -> ' + human(stats['macs']):>17}  {ratio:>8.2f}x  "
+            f"{latency['dense']:>9.1f}  {latency['masked']:>9.1f}  {latency['compressed']:>13.1f}  "
+            f"{speedup:>6.2f}x  {speedup / ratio:>7.2f}"
+        )
+        if args.profile:
+            shares = ", ".join(f"{op} {share:.0%}" for op, share in operation_shares(compressed, x)[:8])
+            print(f"{'':>8}  compressed, time by operation: {shares}")
+
+
+def describe_device(args: argparse.Namespace) -> str:
+    if args.device == "cuda":
+        return f"{torch.cuda.get_device_name()}, {'float16' if args.half else 'float32'}"
+    return f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.half and args.device != "cuda":
+        print("--half needs --device cuda", file=sys.stderr)
+        return 2
+    for name in args.networks:
+        benchmark(name, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
