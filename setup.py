@@ -28,6 +28,10 @@ setup(
         "tensorboardX",
         "tqdm",
     ],
-    # setuptools: the packaging test builds a wheel without build isolation.
-    extras_require={"test": ["pytest>=7", "ruff>=0.5", "setuptools>=70.1"]},
+    # setuptools: the packaging test builds a wheel without build isolation. onnx: ONNX export of
+    # compressed networks (torch's exporter needs onnxscript), checked with onnxruntime.
+    extras_require={
+        "test": ["pytest>=7", "ruff>=0.5", "setuptools>=70.1", "onnx", "onnxscript", "onnxruntime"],
+        "onnx": ["onnx", "onnxscript", "onnxruntime"],
+    },
 )

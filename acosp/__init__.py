@@ -1,6 +1,6 @@
 """ACoSP: Auto-Compressing Subset Pruning of convolutional networks during training."""
 
-from acosp import inject, masks, stats
+from acosp import compress, inject, masks, stats
 from acosp.inject import UnprunableConv2d, hard_to_conv, soft_to_hard_k
 from acosp.masks import ChannelMask, SigmoidSoftTopK, sigmoid_soft_top_k
 from acosp.pruner import SoftTopKPruner
@@ -12,6 +12,7 @@ __all__ = [
     "SigmoidSoftTopK",
     "SoftTopKPruner",
     "UnprunableConv2d",
+    "compress",
     "hard_to_conv",
     "inject",
     "masks",

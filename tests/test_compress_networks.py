@@ -120,3 +120,13 @@ def test_compress_tool_refuses_soft_masks(tmp_path):
     command = [sys.executable, "tool/compress.py", "--config", str(config), "--runs", "0"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2 and "soft masks" in result.stderr and "ending_epoch" in result.stderr
+
+
+def test_speed_benchmark_runs_quickly():
+    command = [sys.executable, "benchmarks/compress_speed.py", "--quick"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if line.strip().startswith("0.75")]
+    assert len(rows) == 2  # PSPNet50 and SegNet
+    for row in rows:
+        assert row[7].endswith("x") and float(row[7].rstrip("x")) > 4  # MAC ratio at sparsity 0.75
