@@ -39,6 +39,7 @@ def compress(
     strict: bool = True,
     check: bool = True,
     tolerance: float = 1e-4,
+    fold_batchnorm: bool = True,
 ) -> nn.Module:
     """A smaller copy of ``model`` (hard masks) that computes the same function in eval mode.
 
@@ -48,7 +49,10 @@ def compress(
     ``strict`` an operation whose channel semantics are unknown raises ``UnsupportedOperation``
     naming it when it receives pruned channels; with ``strict=False`` those tensors keep full
     width. With ``check`` the copy is run on the example input and must match the masked network
-    within ``tolerance`` (max |difference| / max |output|). The model itself is left unchanged.
+    within ``tolerance`` (max |difference| / max |output|). With ``fold_batchnorm`` a BatchNorm
+    that only reads a conv's output is folded into that conv (its place gets an ``nn.Identity``):
+    the same function with one pass less over every tensor; ``False`` keeps the BatchNorm layers,
+    to fine-tune the compressed network, say. The model itself is left unchanged.
     """
     network = unwrap(model)
     args = example_input if isinstance(example_input, tuple) else (example_input,)
@@ -57,7 +61,7 @@ def compress(
     try:
         graph = trace(network, args, is_step, snapshot_functions=UNPOOLING)
         flow = ChannelFlow(graph, strict=strict)
-        compressed, spec = _rebuild(network, graph, flow)
+        compressed, spec = _rebuild(network, graph, flow, fold_batchnorm)
     finally:
         network.train(training)
     compressed.eval()
@@ -125,7 +129,11 @@ def apply_compression_spec(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
             raise ValueError(
                 f"the compression spec has a {entry['type']} at '{name}', but this network has a {type(base).__name__}"
             )
-        _set_module(network, name, _build(entry, name))
+        layer = _build(entry, name)
+        reference = next(iter([*base.parameters(), *base.buffers()]), None)
+        if reference is not None:  # where the layer it replaces lives
+            layer.to(device=reference.device, dtype=reference.dtype if reference.is_floating_point() else None)
+        _set_module(network, name, layer)
     network._acosp_compression_spec = copy.deepcopy(spec)
     return model
 
@@ -173,20 +181,27 @@ def _relative_error(reference: Any, result: Any) -> float:
     return worst
 
 
-def _rebuild(network: nn.Module, graph: Graph, flow: ChannelFlow) -> tuple[nn.Module, dict[str, Any]]:
+def _rebuild(
+    network: nn.Module, graph: Graph, flow: ChannelFlow, fold_batchnorm: bool
+) -> tuple[nn.Module, dict[str, Any]]:
     names: dict[int, list[str]] = {}
     for name, module in network.named_modules(remove_duplicate=False):
         names.setdefault(id(module), []).append(name)
     layers: dict[str, dict[str, Any]] = {}
     replacements: dict[int, nn.Module] = {}  # id of a layer -> what the copy gets in its place
     kept: dict[str, list[int]] = {}
+    norms = _batch_norms_after_convs(graph) if fold_batchnorm else {}
+    folded = {id(norm) for norm in norms.values()}
     for calls in graph.module_calls().values():
         module = calls[0].target
         name = names[id(module)][0]
         if isinstance(module, MaskedConv):
             mask = module.mask_layer.mask
             kept[name] = [int((mask > 0.5).sum()), mask.numel()]
-        built = _narrowed(module, calls[0], flow)
+        if id(module) in folded:
+            built = nn.Identity(), {"type": "Identity"}
+        else:
+            built = _narrowed(module, calls[0], flow, norms.get(id(module)))
         if built is None:
             continue
         new, entry = built
@@ -210,16 +225,18 @@ def _rebuild(network: nn.Module, graph: Graph, flow: ChannelFlow) -> tuple[nn.Mo
     return compressed, spec
 
 
-def _narrowed(module: nn.Module, call: Node, flow: ChannelFlow) -> tuple[nn.Module, dict[str, Any]] | None:
-    """The narrowed replacement of one layer and its spec entry; None when it stays as it is."""
+def _narrowed(
+    module: nn.Module, call: Node, flow: ChannelFlow, norm: nn.Module | None = None
+) -> tuple[nn.Module, dict[str, Any]] | None:
+    """The narrowed replacement of one layer (with ``norm`` folded in) and its spec entry; None: it stays."""
     source, output = call.inputs[0], call.outputs[0]
     if isinstance(module, MaskedConv):
-        return _narrowed_conv(module.conv, module.mask_layer.mask > 0.5, call, flow)
+        return _narrowed_conv(module.conv, module.mask_layer.mask > 0.5, call, flow, norm)
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
         kept = torch.ones(module.out_channels, dtype=torch.bool)
-        if flow.required[source.index].all() and flow.required[output.index].all():
+        if flow.required[source.index].all() and flow.required[output.index].all() and norm is None:
             return None
-        return _narrowed_conv(module, kept, call, flow)
+        return _narrowed_conv(module, kept, call, flow, norm)
     if isinstance(module, nn.Linear):
         if flow.required[source.index].all():
             return None
@@ -258,7 +275,48 @@ def _dropped_inputs(flow: ChannelFlow, value: Value):
     return torch.nonzero(dropped).flatten(), multiples
 
 
-def _narrowed_conv(conv: nn.Module, kept: torch.Tensor, call: Node, flow: ChannelFlow):
+def _batch_norms_after_convs(graph: Graph) -> dict[int, nn.Module]:
+    """``{id(conv layer): BatchNorm}`` where a BatchNorm (with running statistics) is all that reads a conv's output."""
+    readers: dict[int, list[Node]] = {}
+    for node in graph.nodes:
+        for value in node.inputs:
+            readers.setdefault(value.index, []).append(node)
+    calls = graph.module_calls()
+    outputs = {value.index for value in graph.outputs}
+    pairs = {}
+    for node in graph.nodes:
+        if node.kind != "module" or len(calls[id(node.target)]) != 1:
+            continue
+        conv = node.target.conv if isinstance(node.target, MaskedConv) else node.target
+        if not isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) or conv.groups != 1:
+            continue
+        value = node.outputs[0]
+        users = readers.get(value.index, [])
+        if value.index in outputs or len(users) != 1 or users[0].kind != "module":
+            continue
+        norm = users[0].target
+        if (
+            isinstance(norm, nn.BatchNorm2d)
+            and norm.running_mean is not None
+            and norm.num_features == conv.out_channels
+            and len(calls[id(norm)]) == 1
+        ):
+            pairs[id(node.target)] = norm
+    return pairs
+
+
+def _batch_norm_affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """BatchNorm in eval mode as ``x * scale + shift`` per channel (float64, on the CPU)."""
+    scale = 1.0 / (norm.running_var.detach().cpu().double() + norm.eps).sqrt()
+    if norm.weight is not None:
+        scale = scale * norm.weight.detach().cpu().double()
+    shift = -norm.running_mean.detach().cpu().double() * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias.detach().cpu().double()
+    return scale, shift
+
+
+def _narrowed_conv(conv: nn.Module, kept: torch.Tensor, call: Node, flow: ChannelFlow, norm: nn.Module | None):
     source, output = call.inputs[0], call.outputs[0]
     transposed = isinstance(conv, nn.ConvTranspose2d)
     weight = conv.weight.detach().cpu()  # narrowed on the CPU, where the channel indices live
@@ -294,8 +352,6 @@ def _narrowed_conv(conv: nn.Module, kept: torch.Tensor, call: Node, flow: Channe
         channels = torch.nonzero(factors).flatten()
         scale = factors[channels].to(weight.dtype)
         narrow[:, position] += torch.einsum("oikl,i->okl", by_output.index_select(1, channels), scale)
-    if transposed:
-        narrow = narrow.transpose(0, 1)
     has_constant = bool(dropped.numel()) and bool(folded.abs().max() > 0)
     new_bias = None if bias is None else bias[kept_index].double()
     constant_input = False
@@ -306,19 +362,30 @@ def _narrowed_conv(conv: nn.Module, kept: torch.Tensor, call: Node, flow: Channe
         else:
             new_bias = (0 if new_bias is None else new_bias) + folded.sum((1, 2))
             constant_input = padded and conv.padding_mode == "zeros"
+    fill = None
+    if norm is not None:  # BatchNorm(y) = y * scale + shift, per channel: into the filters and the bias
+        scale, shift = _batch_norm_affine(norm)
+        narrow = narrow * scale[kept_index].to(narrow.dtype).view(-1, 1, 1, 1)
+        new_bias = (0 if new_bias is None else new_bias) * scale[kept_index] + shift[kept_index]
+        folded = folded * scale[kept_index].view(-1, 1, 1)
+        fill = shift[out_layout]  # what BatchNorm makes of the channels this conv does not compute
+    if transposed:
+        narrow = narrow.transpose(0, 1)
     out_width = None
     out_index = None
     if not torch.equal(out_layout, kept_index):
         out_width = len(out_layout)
         out_index = torch.searchsorted(out_layout, kept_index)
+    filled = out_width is not None and fill is not None and bool(fill.abs().max() > 0)
     has_bias = new_bias is not None
-    entry = _conv_entry(conv, len(in_layout), len(kept_index), 1, has_bias, out_width, constant_input)
+    entry = _conv_entry(conv, len(in_layout), len(kept_index), 1, has_bias, out_width, constant_input, filled)
     new_bias = None if new_bias is None else new_bias.to(weight.dtype)
     kernel = folded.to(weight.dtype) if constant_input else None
-    return _make_conv(entry, conv, narrow, new_bias, out_index, kernel), entry
+    fill = fill.to(weight.dtype) if filled else None
+    return _make_conv(entry, conv, narrow, new_bias, out_index, kernel, fill), entry
 
 
-def _conv_entry(conv, in_channels, out_channels, groups, bias, out_width, constant_input) -> dict[str, Any]:
+def _conv_entry(conv, in_channels, out_channels, groups, bias, out_width, constant_input, filled=False) -> dict:
     transposed = isinstance(conv, nn.ConvTranspose2d)
     special = out_width is not None or constant_input
     if special:
@@ -345,11 +412,12 @@ def _conv_entry(conv, in_channels, out_channels, groups, bias, out_width, consta
     if special:
         entry["out_width"] = out_width
         entry["constant_input"] = constant_input
+        entry["filled"] = filled
     return entry
 
 
 @torch.no_grad()
-def _make_conv(entry, conv, weight, bias, out_index, kernel) -> nn.Module:
+def _make_conv(entry, conv, weight, bias, out_index, kernel, fill=None) -> nn.Module:
     new = _build(entry, "")
     new.to(device=conv.weight.device, dtype=conv.weight.dtype)
     new.weight.copy_(weight)
@@ -359,6 +427,8 @@ def _make_conv(entry, conv, weight, bias, out_index, kernel) -> nn.Module:
         new.out_index.copy_(out_index)
     if kernel is not None:
         new.constant_kernel.copy_(kernel)
+    if fill is not None:
+        new.out_fill.copy_(fill)
     new.train(conv.training)
     return new
 
@@ -420,6 +490,7 @@ _BASE_TYPES = {
     "BatchNorm1d": nn.BatchNorm1d,
     "BatchNorm2d": nn.BatchNorm2d,
     "BatchNorm3d": nn.BatchNorm3d,
+    "Identity": nn.modules.batchnorm._BatchNorm,  # a BatchNorm folded into the conv before it
 }
 
 
@@ -428,6 +499,8 @@ def _build(entry: dict[str, Any], name: str) -> nn.Module:
     kind = entry["type"]
     if kind == "Removed":
         return RemovedLayer(name)
+    if kind == "Identity":
+        return nn.Identity()
     if kind == "Linear":
         return nn.Linear(entry["in_features"], entry["out_features"], bias=entry["bias"])
     if kind in ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d"):
@@ -451,7 +524,11 @@ def _build(entry: dict[str, Any], name: str) -> nn.Module:
     }
     if "output_padding" in entry:
         arguments["output_padding"] = tuple(entry["output_padding"])
-    special = {"out_width": entry.get("out_width"), "constant_input": entry.get("constant_input", False)}
+    special = {
+        "out_width": entry.get("out_width"),
+        "constant_input": entry.get("constant_input", False),
+        "filled": entry.get("filled", False),
+    }
     if kind == "Conv2d":
         layer = (UnprunableConv2d if entry["unprunable"] else nn.Conv2d)(**arguments)
     elif kind == "ConvTranspose2d":

@@ -81,9 +81,16 @@ def add_border_correction(
     return output
 
 
-def _scatter(output: torch.Tensor, index: torch.Tensor, width: int) -> torch.Tensor:
-    """The computed channels placed at ``index`` of ``width`` channels; the others are 0, as masked."""
-    full = output.new_zeros((output.shape[0], width, *output.shape[2:]))
+def _scatter(output: torch.Tensor, index: torch.Tensor, width: int, fill: torch.Tensor | None) -> torch.Tensor:
+    """The computed channels placed at ``index`` of ``width`` channels; the others are 0, as masked.
+
+    With a BatchNorm folded into the conv, the others are what it makes of 0: ``fill``.
+    """
+    shape = (output.shape[0], width, *output.shape[2:])
+    if fill is None:
+        full = output.new_zeros(shape)
+    else:
+        full = fill.to(output.dtype).view(1, width, *[1] * (output.dim() - 2)).expand(shape).clone()
     return full.index_copy_(1, index, output)  # in place: one pass less over the wide tensor
 
 
@@ -92,12 +99,15 @@ class CompressedConv2d(nn.Conv2d):
 
     unprunable = True  # a mask on its outputs would not match ``out_width``
 
-    def __init__(self, *args, out_width: int | None = None, constant_input: bool = False, **kwargs):
+    def __init__(
+        self, *args, out_width: int | None = None, constant_input: bool = False, filled: bool = False, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         self.out_width = out_width
         self.constant_input = constant_input
         if out_width is not None:
             self.register_buffer("out_index", torch.zeros(self.out_channels, dtype=torch.long))
+        self.register_buffer("out_fill", torch.zeros(out_width) if out_width is not None and filled else None)
         if constant_input:
             self.register_buffer("constant_kernel", torch.zeros(self.out_channels, *self.kernel_size))
 
@@ -106,7 +116,7 @@ class CompressedConv2d(nn.Conv2d):
         if self.constant_input:
             y = add_border_correction(y, tuple(x.shape[-2:]), self.constant_kernel, self)
         if self.out_width is not None:
-            y = _scatter(y, self.out_index, self.out_width)
+            y = _scatter(y, self.out_index, self.out_width, self.out_fill)
         return y
 
     def extra_repr(self) -> str:
@@ -115,6 +125,8 @@ class CompressedConv2d(nn.Conv2d):
             text += f", out_width={self.out_width}"
         if self.constant_input:
             text += ", constant_input=True"
+        if self.out_fill is not None:
+            text += ", filled=True"
         return text
 
 
@@ -123,12 +135,15 @@ class CompressedConvTranspose2d(nn.ConvTranspose2d):
 
     unprunable = True
 
-    def __init__(self, *args, out_width: int | None = None, constant_input: bool = False, **kwargs):
+    def __init__(
+        self, *args, out_width: int | None = None, constant_input: bool = False, filled: bool = False, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         self.out_width = out_width
         self.constant_input = constant_input
         if out_width is not None:
             self.register_buffer("out_index", torch.zeros(self.out_channels, dtype=torch.long))
+        self.register_buffer("out_fill", torch.zeros(out_width) if out_width is not None and filled else None)
         if constant_input:
             self.register_buffer("constant_kernel", torch.zeros(self.out_channels, *self.kernel_size))
 
@@ -143,7 +158,7 @@ class CompressedConvTranspose2d(nn.ConvTranspose2d):
             kernel = self.constant_kernel.to(x.dtype)[None]
             y = y + F.conv_transpose2d(ones, kernel, None, *arguments, 1, self.dilation)
         if self.out_width is not None:
-            y = _scatter(y, self.out_index, self.out_width)
+            y = _scatter(y, self.out_index, self.out_width, self.out_fill)
         return y
 
     def extra_repr(self) -> str:
@@ -152,6 +167,8 @@ class CompressedConvTranspose2d(nn.ConvTranspose2d):
             text += f", out_width={self.out_width}"
         if self.constant_input:
             text += ", constant_input=True"
+        if self.out_fill is not None:
+            text += ", filled=True"
         return text
 
 

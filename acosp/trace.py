@@ -10,12 +10,15 @@ forward pass took.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
+
+_TAG = "_acosp_traced_value"
 
 
 @dataclasses.dataclass(eq=False)
@@ -120,8 +123,9 @@ class _Recorder(TorchFunctionMode):
         self.names = names
         self.snapshot_functions = snapshot_functions
         self.nodes: list[Node] = []
-        self.by_id: dict[int, Value] = {}
-        self.keep_alive: list[torch.Tensor] = []
+        # Each recorded tensor carries its Value as an attribute (so that the record does not keep every
+        # activation alive, and a new tensor at a freed address is not mistaken for an old one).
+        self.tagged: list[weakref.ref] = []
         self.values = 0
         self.paused = 0
         self.stack: list[tuple[nn.Module, bool, Any]] = []  # (module, recorded as one step, pending call)
@@ -133,14 +137,25 @@ class _Recorder(TorchFunctionMode):
     def new_value(self, tensor: torch.Tensor, producer: Node | None) -> Value:
         value = Value(self.values, tuple(tensor.shape), producer)
         self.values += 1
-        self.by_id[id(tensor)] = value
-        self.keep_alive.append(tensor)
+        if getattr(tensor, _TAG, None) is None:
+            self.tagged.append(weakref.ref(tensor))
+        setattr(tensor, _TAG, (self, value))
         return value
+
+    def value_of(self, tensor: torch.Tensor) -> Value | None:
+        tag = getattr(tensor, _TAG, None)
+        return tag[1] if tag is not None and tag[0] is self else None
+
+    def untag(self) -> None:
+        for reference in self.tagged:
+            tensor = reference()
+            if tensor is not None and hasattr(tensor, _TAG):
+                delattr(tensor, _TAG)
 
     def tracked(self, structure: Any) -> list[tuple[torch.Tensor, Value]]:
         found = []
         for tensor in tensors_in(structure):
-            value = self.by_id.get(id(tensor))
+            value = self.value_of(tensor)
             if value is not None:
                 found.append((tensor, value))
             else:
@@ -149,7 +164,7 @@ class _Recorder(TorchFunctionMode):
 
     def replace_refs(self, structure: Any) -> Any:
         if isinstance(structure, torch.Tensor):
-            value = self.by_id.get(id(structure))
+            value = self.value_of(structure)
             return structure if value is None else Ref(value)
         if isinstance(structure, (tuple, list)):
             return type(structure)(self.replace_refs(item) for item in structure)
@@ -259,10 +274,11 @@ def trace(
     try:
         with torch.no_grad(), recorder:
             output = model(*example_args)
+        outputs = [value for value in map(recorder.value_of, tensors_in(output)) if value is not None]
     finally:
         for handle in handles:
             handle.remove()
-    outputs = [recorder.by_id[id(tensor)] for tensor in tensors_in(output) if id(tensor) in recorder.by_id]
+        recorder.untag()
     return Graph(
         nodes=recorder.nodes,
         inputs=inputs,

@@ -184,12 +184,25 @@ def test_the_masked_model_is_left_unchanged():
 
 def test_a_chain_keeps_exactly_the_kept_channels():
     model, size = hard_masked("small", 0.5)
-    compressed = compress(model, torch.randn(2, 3, size, size))
+    compressed = compress(model, torch.randn(2, 3, size, size), fold_batchnorm=False)
     assert [compressed.features[0].out_channels, compressed.features[3].out_channels] == [8, 16]
     assert compressed.features[3].in_channels == 8 and compressed.features[4].num_features == 16
     assert compressed.up.in_channels == 16 and compressed.up.out_channels == 12
     assert compressed.classifier.in_channels == 12 and compressed.classifier.out_channels == 3
-    assert compression_report(compressed).startswith("up: ") is False
+    assert compression_report(compressed) == "every layer keeps only its own channels"
+
+
+def test_batch_norms_fold_into_the_convs_before_them():
+    model, size = hard_masked("pyramid", 0.75)
+    x = torch.randn(2, 3, size, size)
+    folded, kept = compress(model, x), compress(model, x, fold_batchnorm=False)
+    assert isinstance(folded.layer1[0].bn3, nn.Identity) and isinstance(folded.cls[1], nn.Identity)
+    assert isinstance(kept.layer1[0].bn3, nn.BatchNorm2d)
+    assert folded.layer1[0].conv3.out_fill is not None  # BatchNorm's value of the channels it does not compute
+    assert not any(isinstance(module, nn.BatchNorm2d) for module in folded.modules())
+    fresh = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        assert relative_error(model(fresh), folded(fresh)) < 1e-5
 
 
 def test_residual_stream_keeps_the_union_of_its_branches_and_branches_write_into_it():
@@ -201,7 +214,7 @@ def test_residual_stream_keeps_the_union_of_its_branches_and_branches_write_into
     assert union < 32  # channels pruned by every branch are gone
     conv3 = compressed.layer1[0].conv3
     assert isinstance(conv3, CompressedConv2d) and conv3.out_channels == 8 and conv3.out_width == union
-    assert compressed.layer1[0].bn3.num_features == union
+    assert compress(model, torch.randn(2, 3, size, size), fold_batchnorm=False).layer1[0].bn3.num_features == union
     assert compressed.layer1[1].conv1.in_channels == union
     report = compression_report(compressed)
     assert f"layer1.0.conv3: computes 8 of 32 channels, written into {union}" in report
@@ -210,7 +223,7 @@ def test_residual_stream_keeps_the_union_of_its_branches_and_branches_write_into
 def test_concatenation_takes_the_kept_channels_of_every_part():
     model, size = hard_masked("pyramid", 0.75)
     compressed = compress(model, torch.randn(2, 3, size, size))
-    stream = compressed.layer2[1].bn3.num_features
+    stream = compressed.layer2[1].conv3.out_width
     branches = sum(branch[1].out_channels for branch in compressed.ppm)
     assert branches == 3 * 4
     assert compressed.cls[0].in_channels == stream + branches

@@ -123,10 +123,10 @@ def test_compress_tool_refuses_soft_masks(tmp_path):
 
 
 def test_speed_benchmark_runs_quickly():
-    command = [sys.executable, "benchmarks/compress_speed.py", "--quick"]
+    command = [sys.executable, "benchmarks/compress_speed.py", "--quick", "--networks", "SegNet"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     rows = [line.split() for line in result.stdout.splitlines() if line.strip().startswith("0.75")]
-    assert len(rows) == 2  # PSPNet50 and SegNet
+    assert len(rows) == 1
     for row in rows:
         assert row[7].endswith("x") and float(row[7].rstrip("x")) > 4  # MAC ratio at sparsity 0.75

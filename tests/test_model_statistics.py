@@ -1,4 +1,4 @@
-"""acosp.stats.model_statistics: parameters, MACs and kept channels, counted the same for masked and compressed networks."""
+"""acosp.stats.model_statistics: parameters, MACs and kept channels, the same for masked and compressed networks."""
 
 import pytest
 import torch
