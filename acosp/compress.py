@@ -6,7 +6,8 @@ what flows where (``acosp.trace``), works out which channels every tensor must k
 network whose own ``forward`` stays as it is. Pruned channels are constants after BatchNorm; the
 layers that read them fold them into their bias (exactly, with a border correction for zero
 padding). Where a residual sum keeps channels that one branch pruned, that branch computes its
-channels narrow and writes them into the wider sum.
+channels narrow and writes them into the wider sum. A BatchNorm that only reads a conv is folded
+into it (``fold_batchnorm``).
 
 The result is described by plain data, ``compression_spec(compressed)``: with it,
 ``apply_compression_spec`` rebuilds the compressed network from a freshly built one, so a
@@ -22,10 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from acosp.channels import UNPOOLING, ChannelFlow, is_step
+from acosp.channels import UNPOOLING, ChannelFlow, UnsupportedOperation, is_step
 from acosp.inject import MaskedConv, UnprunableConv2d, _output_channel_weight, unwrap
 from acosp.layers import CompressedConv2d, CompressedConvTranspose2d, RemovedLayer
 from acosp.trace import Graph, Node, Value, trace
+
+__all__ = ["UnsupportedOperation", "apply_compression_spec", "compress", "compression_report", "compression_spec"]
 
 SPEC_FORMAT = "acosp.compression"
 SPEC_VERSION = 1
@@ -48,7 +51,8 @@ def compress(
     not depend on the image. Layers the eval forward pass does not call are removed. With
     ``strict`` an operation whose channel semantics are unknown raises ``UnsupportedOperation``
     naming it when it receives pruned channels; with ``strict=False`` those tensors keep full
-    width. With ``check`` the copy is run on the example input and must match the masked network
+    width. A DataParallel or DistributedDataParallel wrapper is taken off: the result is the bare
+    network. With ``check`` the copy is run on the example input and must match the masked network
     within ``tolerance`` (max |difference| / max |output|). With ``fold_batchnorm`` a BatchNorm
     that only reads a conv's output is folded into that conv (its place gets an ``nn.Identity``):
     the same function with one pass less over every tensor; ``False`` keeps the BatchNorm layers,
@@ -71,12 +75,13 @@ def compress(
         spec["relative_error"] = error
         if not error <= tolerance:
             # The convs of the compressed network sum fewer terms in another order. Where the function
-            # is discontinuous (max-unpooling moves a value to wherever the max of its window was), a
-            # rounding difference at a near-tie moves values. In float64 that does not happen.
-            precise = _relative_error(
-                *(_run(copy.deepcopy(net).double().eval(), _double(args)) for net in (network, compressed))
-            )
-
+            # is discontinuous (max-unpooling puts a value wherever the max of its window was), a rounding
+            # difference at a near-tie moves values. The same construction in float64 shows whether that
+            # is all: its rounding is 1e-16, too small to move anything.
+            precise_network = copy.deepcopy(network).double().eval()
+            precise_args = _double(args)
+            precise_copy = compress(precise_network, precise_args, strict, False, fold_batchnorm=fold_batchnorm)
+            precise = _relative_error(_run(precise_network, precise_args), _run(precise_copy, precise_args))
             if not precise <= tolerance:
                 raise RuntimeError(
                     f"the compressed network differs from the masked one by {error:.3g} (relative; {precise:.3g} in "
@@ -85,9 +90,9 @@ def compress(
             spec["relative_error_float64"] = precise
             warnings.warn(
                 f"the compressed network differs from the masked one by {error:.3g} (relative) as computed, but "
-                f"by only {precise:.2g} in float64: rounding moved a value where the "
-                "network is discontinuous (a near-tie in max-pooling whose indices unpool), as any change in "
-                "the order of summation can",
+                f"the same compression in float64 by only {precise:.2g}: rounding moved a value where the network "
+                "is discontinuous (a near-tie in max-pooling whose indices unpool), as any change in the order of "
+                "summation can",
                 stacklevel=2,
             )
     compressed._acosp_compression_spec = spec

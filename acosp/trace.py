@@ -110,7 +110,7 @@ def tensors_in(structure: Any) -> Iterator[torch.Tensor]:
 def snapshot(tensor: torch.Tensor) -> Snapshot | None:
     if tensor.dim() < 2 or tensor.numel() == 0 or not tensor.is_floating_point():
         return None
-    flat = tensor.detach().transpose(0, 1).reshape(tensor.shape[1], -1).float()
+    flat = tensor.detach().transpose(0, 1).reshape(tensor.shape[1], -1)
     return Snapshot(first=flat[:, 0].double().cpu(), spread=(flat.amax(1) - flat.amin(1)).double().cpu())
 
 

@@ -98,6 +98,8 @@ def test_compress_tool_writes_a_checkpoint_that_loads(tmp_path):
     assert "parameters" in result.stdout and "latency (ms)" in result.stdout
     written = tmp_path / "model" / "final_compressed.pth"
     assert f"compressed checkpoint: {written}" in result.stdout
+    table = written.with_suffix(".txt").read_text()
+    assert "latency (ms)" in table and "enc1.0.0" in table  # the totals and every layer
     restored = model_from_checkpoint(written)
     x = torch.randn(1, 3, 32, 64)
     with torch.no_grad():

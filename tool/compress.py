@@ -7,7 +7,8 @@ Reads the checkpoint ``model_path`` (default: final.pth in save_path; its masks 
 saved after ending_epoch), removes the pruned channels (acosp.compress) at the test crop size
 (test_h x test_w; 32x32 for resnet18), and writes the compressed checkpoint, which tool/test.py
 and tool/demo.py load like any other. Prints parameters, MACs and the measured CPU latency before
-and after, and which layers write into wider tensors. Besides config overrides, two keys belong
+and after, and which layers write into wider tensors (also written, with every layer's statistics,
+beside the checkpoint as <name>_compressed.txt). Besides config overrides, two keys belong
 to this tool: ``compressed_path`` (default: the checkpoint's name with ``_compressed``) and
 ``onnx`` (also export the compressed network to this ONNX file and check it with onnxruntime;
 needs ``pip install '.[onnx]'``).
@@ -127,12 +128,20 @@ def main(argv=None) -> int:
     )
 
     size = "x".join(str(side) for side in x.shape[-2:])
-    print(f"{model_path} at {size}, batch 1, CPU ({torch.get_num_threads()} threads):")
-    print(format_comparison({"masked": before, "compressed": after}))
-    if args.layers:
-        print(format_model_statistics(after))
-    print(compression_report(compressed))
-    print(f"compressed checkpoint: {target}")
+    summary = "\n".join(
+        [
+            f"{model_path} at {size}, batch 1, CPU ({torch.get_num_threads()} threads):",
+            format_comparison({"masked": before, "compressed": after}),
+            compression_report(compressed),
+            "",
+            format_model_statistics(after),
+        ]
+    )
+    table = target.with_suffix(".txt")
+    with atomic_path(table) as temporary:
+        temporary.write_text(summary + "\n", encoding="utf-8")
+    print(summary if args.layers else summary.split("\n\n")[0])
+    print(f"compressed checkpoint: {target}\nstatistics: {table}")
     if "onnx" in own:
         path = repo_path(own["onnx"])
         difference = export_onnx(compressed, x, path)
