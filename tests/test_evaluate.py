@@ -1,0 +1,193 @@
+"""tool/test.py and tool/test.sh end to end on a tiny generated dataset and a SegNet checkpoint."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import tool.test as test_tool
+from model import build_model, describe_arch
+from util.checkpoint import save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = 3
+COLORS = [[255, 0, 0], [0, 255, 0], [0, 0, 255]]
+
+
+def independent_scores(pairs, classes=CLASSES, ignore=255):
+    """IoU and Acc per class, mIoU, mAcc, allAcc from (prediction, label) arrays, by counting pixels."""
+    intersection, union, target = np.zeros(classes), np.zeros(classes), np.zeros(classes)
+    for prediction, label in pairs:
+        valid = label != ignore
+        for c in range(classes):
+            p, t = (prediction == c) & valid, (label == c) & valid
+            intersection[c] += (p & t).sum()
+            union[c] += (p | t).sum()
+            target[c] += t.sum()
+    iou = [i / u if u else float("nan") for i, u in zip(intersection, union)]
+    acc = [i / t if t else float("nan") for i, t in zip(intersection, target)]
+    return iou, acc, np.nanmean(iou), np.nanmean(acc), intersection.sum() / target.sum()
+
+
+def read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.reader(handle))
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    """Images, labels, list files, class files, a config and a checkpoint in a temporary folder."""
+    root = tmp_path_factory.mktemp("tiny")
+    generator = np.random.default_rng(0)
+    (root / "data" / "images").mkdir(parents=True)
+    (root / "data" / "labels").mkdir()
+    lines = []
+    for index, (height, width) in enumerate([(40, 48), (36, 30), (48, 40)]):
+        image = generator.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        label = generator.integers(0, CLASSES, (height, width)).astype(np.uint8)
+        label[:4] = 255
+        cv2.imwrite(str(root / "data" / "images" / f"img{index}.jpg"), image)
+        cv2.imwrite(str(root / "data" / "labels" / f"img{index}.png"), label)
+        lines.append(f"images/img{index}.jpg labels/img{index}.png")
+    (root / "val.txt").write_text("\n".join(lines) + "\n")
+    (root / "names.txt").write_text("road\ncar\nsky\n")
+    (root / "colors.txt").write_text("".join(" ".join(map(str, color)) + "\n" for color in COLORS))
+    config = {
+        "DATA": {
+            "dataset": "tiny",
+            "data_root": str(root / "data"),
+            "train_list": str(root / "val.txt"),
+            "classes": CLASSES,
+        },
+        "TRAIN": {"arch": "segnet", "save_path": str(root / "exp" / "model")},
+        "TEST": {
+            "test_list": str(root / "val.txt"),
+            "base_size": 48,
+            "test_h": 32,
+            "test_w": 32,
+            "batch_size_test": 2,
+            "save_folder": str(root / "exp" / "result"),
+            "names_path": str(root / "names.txt"),
+            "colors_path": str(root / "colors.txt"),
+        },
+    }
+    (root / "tiny_segnet.yaml").write_text(yaml.safe_dump(config))
+    torch.manual_seed(0)
+    model = build_model({"arch": "segnet", "classes": CLASSES})
+    save_checkpoint(
+        {"state_dict": model.state_dict(), "arch": describe_arch(config["TRAIN"] | {"classes": 3})},
+        root / "exp" / "model" / "final.pth",
+    )
+    return root
+
+
+def run(experiment, *overrides):
+    return test_tool.main(["--config", str(experiment / "tiny_segnet.yaml"), *overrides])
+
+
+def gray_and_labels(folder, experiment, names=("img0", "img1", "img2")):
+    pairs = []
+    for name in names:
+        gray = cv2.imread(str(folder / "gray" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        label = cv2.imread(str(experiment / "data" / "labels" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        pairs.append((gray, label))
+    return pairs
+
+
+def check_csv_against_pngs(folder, experiment, names=("img0", "img1", "img2")):
+    rows = read_csv(folder / "metrics.csv")
+    iou, acc, miou, macc, allacc = independent_scores(gray_and_labels(folder, experiment, names))
+    assert rows[0] == ["name", "IoU", "Acc"]
+    assert [row[0] for row in rows[1:]] == ["road", "car", "sky", "mIoU", "mAcc", "allAcc"]
+    for row, i, a in zip(rows[1:4], iou, acc):
+        assert float(row[1]) == pytest.approx(i, abs=1e-6, nan_ok=True)
+        assert float(row[2]) == pytest.approx(a, abs=1e-6, nan_ok=True)
+    assert float(rows[4][1]) == pytest.approx(miou, abs=1e-6)
+    assert float(rows[5][2]) == pytest.approx(macc, abs=1e-6)
+    assert float(rows[6][2]) == pytest.approx(allacc, abs=1e-6)
+    return rows
+
+
+def test_test_py_writes_predictions_and_a_csv_that_matches_the_pngs(experiment, capsys):
+    assert run(experiment) == 0
+    folder = experiment / "exp" / "result" / "val" / "ss"
+    for name, shape in (("img0", (40, 48)), ("img1", (36, 30)), ("img2", (48, 40))):
+        gray = cv2.imread(str(folder / "gray" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        color = cv2.cvtColor(cv2.imread(str(folder / "color" / f"{name}.png")), cv2.COLOR_BGR2RGB)
+        assert gray.shape == shape and gray.dtype == np.uint8 and gray.max() < CLASSES
+        assert np.array_equal(color, np.array(COLORS, np.uint8)[gray])
+    rows = check_csv_against_pngs(folder, experiment)
+    printed = capsys.readouterr().out
+    assert "mIoU" in printed and "allAcc" in printed and f"{float(rows[4][1]):.4f}" in printed
+    (log,) = (experiment / "exp" / "result").glob("test-*.log")
+    assert "allAcc" in log.read_text()
+    # has_prediction scores the PNGs that are there, without a checkpoint
+    (folder / "metrics.csv").unlink()
+    assert run(experiment, "has_prediction", "true", "model_path", str(experiment / "nothing.pth")) == 0
+    check_csv_against_pngs(folder, experiment)
+
+
+def test_index_start_and_index_step_select_a_slice(experiment):
+    # img1 alone, with every label of class 2 turned into 255: class 2 may be absent
+    assert run(experiment, "index_start", "1", "index_step", "1", "save_folder", str(experiment / "one")) == 0
+    rows = read_csv(experiment / "one" / "val" / "ss" / "metrics.csv")
+    assert len(rows) == 7
+    assert sorted(path.name for path in (experiment / "one" / "val" / "ss" / "gray").iterdir()) == ["img1.png"]
+
+
+def test_multi_scale_flip_and_test_split(experiment):
+    images = experiment / "images.txt"
+    images.write_text("images/img0.jpg\nimages/img2.jpg\n")
+    folder = experiment / "ms_out"
+    status = run(
+        experiment,
+        *("split", "test", "test_list", str(images), "scales", "[0.75, 1.0, 1.25]", "flip", "false"),
+        *("save_folder", str(folder)),
+    )
+    assert status == 0
+    assert sorted(path.name for path in (folder / "test" / "ms" / "gray").iterdir()) == ["img0.png", "img2.png"]
+    assert sorted(path.name for path in (folder / "test" / "ms" / "color").iterdir()) == ["img0.png", "img2.png"]
+    assert not (folder / "test" / "ms" / "metrics.csv").exists()
+
+
+def test_a_missing_image_is_reported_the_others_evaluated_and_the_exit_is_nonzero(experiment, capsys):
+    listing = experiment / "with_missing.txt"
+    lines = (experiment / "val.txt").read_text().splitlines()
+    listing.write_text("\n".join([lines[0], "images/gone.jpg labels/img1.png", lines[2]]) + "\n")
+    folder = experiment / "missing_out"
+    assert run(experiment, "test_list", str(listing), "save_folder", str(folder)) == 1
+    printed = capsys.readouterr().out
+    assert str(experiment / "data" / "images" / "gone.jpg") in printed and "1 image(s) failed" in printed
+    result = folder / "val" / "ss"
+    assert sorted(path.name for path in (result / "gray").iterdir()) == ["img0.png", "img2.png"]
+    check_csv_against_pngs(result, experiment, names=("img0", "img2"))
+
+
+def test_a_checkpoint_that_does_not_fit_names_the_keys(experiment, capsys):
+    model = build_model({"arch": "segnet", "classes": CLASSES})
+    state = model.state_dict()
+    state["dec1.1.weight"] = torch.zeros(5, 64, 3, 3)  # a classifier for 5 classes
+    state.pop("enc1.0.1.running_var")
+    bad = experiment / "bad.pth"
+    save_checkpoint({"state_dict": state, "arch": {"arch": "segnet", "classes": CLASSES}}, bad)
+    assert run(experiment, "model_path", str(bad)) == 2
+    printed = capsys.readouterr().out
+    assert "missing keys: enc1.0.1.running_var" in printed and "wrong shapes: dec1.1.weight" in printed
+    assert run(experiment, "model_path", str(experiment / "nothing.pth")) == 2
+    assert f"checkpoint {experiment / 'nothing.pth'} does not exist" in capsys.readouterr().out
+
+
+def test_test_sh_finds_the_experiment_and_reports_bad_arguments(experiment, tmp_path):
+    environment = {**os.environ, "PYTHON": sys.executable}
+    result = subprocess.run(
+        ["sh", "tool/test.sh", "nowhere", "segnet"], cwd=ROOT, env=environment, capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "config/nowhere/nowhere_segnet.yaml not found" in result.stderr
+    assert subprocess.run(["sh", "tool/test.sh"], cwd=ROOT, capture_output=True, text=True).returncode == 2
