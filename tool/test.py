@@ -23,7 +23,7 @@ import torch.distributed as dist  # noqa: E402
 
 from util.checkpoint import CheckpointError, model_from_checkpoint  # noqa: E402
 from util.config import ConfigError, load_config, repo_path  # noqa: E402
-from util.evaluate import evaluate, start_processes, choose_device  # noqa: E402
+from util.evaluate import choose_device, evaluate, start_processes  # noqa: E402
 
 logger = logging.getLogger("test")
 
