@@ -35,19 +35,23 @@ class BasicBlock(nn.Module):
 class CifarResNet18(nn.Module):
     """ResNet18 for small images; train mode with labels returns ``(prediction, loss, aux_loss=0)``."""
 
-    def __init__(self, classes: int = 10):
+    def __init__(self, classes: int = 10, width: float = 1.0):
         super().__init__()
         if classes < 2:
             raise ValueError(f"ResNet18 needs at least 2 classes, got {classes}")
+        if not 0 < width <= 1:
+            raise ValueError(f"ResNet18 width must be in (0, 1], got {width}")
         self.criterion = nn.CrossEntropyLoss()
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        stages, in_channels = [], 64
+        stem = max(1, round(64 * width))
+        self.conv1 = nn.Conv2d(3, stem, kernel_size=3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem)
+        stages, in_channels = [], stem
         for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            planes = max(1, round(planes * width))
             stages.append(nn.Sequential(BasicBlock(in_channels, planes, stride), BasicBlock(planes, planes)))
             in_channels = planes
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.fc = nn.Linear(512, classes)
+        self.fc = nn.Linear(in_channels, classes)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")

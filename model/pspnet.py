@@ -71,6 +71,9 @@ def _dilate(stage: nn.Sequential, dilation: int) -> None:
 class PSPNet(nn.Module):
     """PSPNet for ``classes`` classes; logits come out ``zoom_factor`` times the stride-8 feature size."""
 
+    # Trained from scratch, so at a higher learning rate than the ImageNet backbone (head_lr_factor).
+    heads = ("ppm", "cls", "aux")
+
     def __init__(
         self,
         layers: int = 50,

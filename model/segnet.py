@@ -24,6 +24,11 @@ ENCODER_WIDTHS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 
 DECODER_WIDTHS = ((512, 512, 512), (512, 512, 256), (256, 256, 128), (128, 64), (64, None))
 
 
+def scaled(channels: int, width: float) -> int:
+    """A layer's width in a network ``width`` times as wide (a small SegNet for CPUs and tests)."""
+    return max(1, round(channels * width))
+
+
 def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
@@ -46,26 +51,37 @@ def _vgg_feature_names(with_batchnorm: bool) -> dict[int, tuple[str, str]]:
 class SegNet(nn.Module):
     """SegNet for ``classes`` classes; logits at the input resolution, any input size."""
 
-    def __init__(self, classes: int = 11, ignore_label: int = 255, pretrained_weights: str | Path | None = None):
+    def __init__(
+        self,
+        classes: int = 11,
+        ignore_label: int = 255,
+        pretrained_weights: str | Path | None = None,
+        width: float = 1.0,
+    ):
+        """``width`` < 1 makes every layer that much narrower (a small SegNet for CPUs and tests)."""
         super().__init__()
         if classes < 2:
             raise ValueError(f"SegNet needs at least 2 classes, got {classes}")
+        if not 0 < width <= 1:
+            raise ValueError(f"SegNet width must be in (0, 1], got {width}")
+        if width != 1 and pretrained_weights:
+            raise ValueError("VGG16 weights fit only the full-width SegNet (width 1)")
         self.criterion = nn.CrossEntropyLoss(ignore_index=ignore_label)
         in_channels = 3
         for block, widths in enumerate(ENCODER_WIDTHS, start=1):
             convs = []
-            for width in widths:
-                convs.append(conv_bn_relu(in_channels, width))
-                in_channels = width
+            for channels in widths:
+                convs.append(conv_bn_relu(in_channels, scaled(channels, width)))
+                in_channels = scaled(channels, width)
             self.add_module(f"enc{block}", nn.Sequential(*convs))
         for block, widths in zip(range(5, 0, -1), DECODER_WIDTHS):
             convs = []
-            for width in widths:
-                if width is None:
+            for channels in widths:
+                if channels is None:
                     convs.append(UnprunableConv2d(in_channels, classes, kernel_size=3, padding=1))
                 else:
-                    convs.append(conv_bn_relu(in_channels, width))
-                    in_channels = width
+                    convs.append(conv_bn_relu(in_channels, scaled(channels, width)))
+                    in_channels = scaled(channels, width)
             self.add_module(f"dec{block}", nn.Sequential(*convs))
         self.pool = nn.MaxPool2d(kernel_size=2, stride=2, return_indices=True)
         self.unpool = nn.MaxUnpool2d(kernel_size=2, stride=2)

@@ -282,3 +282,17 @@ def test_masked_pspnet_keys_follow_the_masked_conv_layout():
     assert state["layer1.0.conv1.1.weight"].shape == (64,) and "layer1.0.conv1.1.mask" in state
     assert "layer0.0.0.weight" in state and "ppm.features.0.1.0.weight" in state
     assert "cls.4.weight" in state and "cls.4.0.weight" not in state and "aux.4.weight" in state
+
+
+def test_width_makes_segnet_and_resnet18_narrower():
+    narrow = build_model({"arch": "segnet", "classes": 4, "width": 0.25})
+    assert narrow.enc1[0][0].out_channels == 16 and narrow.dec1[0][0].out_channels == 16
+    assert narrow.dec1[1].out_channels == 4
+    assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in SegNet(classes=4).parameters()) / 10
+    assert narrow.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 4, 32, 32)
+    resnet = build_model({"arch": "resnet18", "classes": 10, "width": 0.5})
+    assert resnet.fc.in_features == 256 and resnet.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="width"):
+        SegNet(width=0)
+    with pytest.raises(ValueError, match="full-width"):
+        SegNet(width=0.5, pretrained_weights="vgg16.pth")

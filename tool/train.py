@@ -1,0 +1,269 @@
+"""Train a network with ACoSP: python tool/train.py --config FILE [key value ...].
+
+Reads top to bottom: config, processes, data, network, pruner, optimizer, then the epochs. Each
+epoch: harden the masks if pruning ends here, train, set the next temperature, validate, log, save.
+Start several processes with torchrun (tool/train.sh does it when NPROC is set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from acosp import SoftTopKPruner  # noqa: E402
+from acosp.inject import hard_to_conv, soft_to_hard_k  # noqa: E402
+from model import build_model, describe_arch  # noqa: E402
+from util.checkpoint import load_checkpoint, load_network_state, model_from_checkpoint, save_checkpoint  # noqa: E402
+from util.config import load_config, save_config  # noqa: E402
+from util.distributed import barrier, close_processes, init_processes  # noqa: E402
+from util.metrics import training_metrics  # noqa: E402
+from util.optimizer import build_optimizer, drop_stale_parameters  # noqa: E402
+from util.tensorboard import RunLog, pruning_logs, read_palette  # noqa: E402
+from util.training import (  # noqa: E402
+    StepContext,
+    TrainingError,
+    build_datasets,
+    check_free_space,
+    make_loader,
+    network_state_dict,
+    per_process_batch,
+    progress_bar,
+    restore_rng_state,
+    rng_state,
+    seed_epoch,
+    start_epoch,
+    train_epoch,
+    validate,
+)
+
+logger = logging.getLogger("train")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--config", required=True, help="experiment YAML, e.g. config/cityscapes/cityscapes_pspnet50_0.75.yaml"
+    )
+    parser.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: CUDA when available"
+    )
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides as 'key value' pairs")
+    return parser.parse_args(argv)
+
+
+def setup_logging(log_file: Path | None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if log_file is not None:
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+    logging.basicConfig(
+        level=logging.INFO, format="[%(asctime)s %(levelname)s] %(message)s", handlers=handlers, force=True
+    )
+
+
+def make_pruner(cfg) -> SoftTopKPruner | None:
+    if cfg.sparsity == 0:
+        return None
+    return SoftTopKPruner(
+        starting_epoch=cfg.starting_epoch,
+        ending_epoch=cfg.ending_epoch,
+        final_sparsity=cfg.sparsity,
+        min_remaining_elements=cfg.min_remaining_elements,
+        initial_temp=cfg.initial_temp,
+        final_temp=cfg.final_temp,
+        learnable_weights=cfg.learnable_weights,
+    )
+
+
+def initial_weights(model: nn.Module, path: str, cfg) -> None:
+    """``weight PATH``: start from a dense or pruned checkpoint; its hard masks are folded into the convs."""
+    source = model_from_checkpoint(path, cfg)
+    source = hard_to_conv(soft_to_hard_k(source))
+    load_network_state(model, source.state_dict(), path)
+    logger.info("initialised the network from %s", path)
+
+
+def resolve_resume(cfg) -> Path | None:
+    if cfg.resume is None:
+        return None
+    if cfg.resume == "auto":
+        last = cfg.path("save_path") / "last.pth"
+        return last if last.is_file() else None
+    return cfg.path("resume")
+
+
+def checkpoint(cfg, model, optimizer, scaler, pruner, epoch: int, best: dict, interrupted: bool = False) -> dict:
+    """The checkpoint contract of DESIGN.md: what rebuilding the network and resuming its training need."""
+    return {
+        "epoch": epoch,
+        "state_dict": network_state_dict(model),
+        "arch": describe_arch(cfg),
+        "pruner": None if pruner is None else pruner.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": rng_state(),
+        "config": cfg.to_dict(),
+        "best": best,
+        "interrupted": interrupted,
+    }
+
+
+def prune_epoch_checkpoints(folder: Path, keep: int | None) -> None:
+    if keep is None:
+        return
+    epochs = sorted(folder.glob("train_epoch_*.pth"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    for old in epochs[:-keep]:
+        old.unlink(missing_ok=True)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.opts)
+    processes = init_processes(args.device)
+    device = processes.device
+    model_dir = cfg.path("save_path")
+    exp_dir = model_dir.parent
+
+    # Everything that can be wrong with the setup fails here, before the first iteration.
+    model = build_model(cfg)
+    if processes.is_main:
+        check_free_space(model_dir, model)
+        (exp_dir / "result").mkdir(parents=True, exist_ok=True)
+        save_config(cfg)
+    barrier()
+    setup_logging(model_dir / f"train-{time.strftime('%Y%m%d-%H%M%S')}.log" if processes.is_main else None)
+    if not processes.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    logger.info("config %s, %d process(es) on %s", cfg.source, processes.world_size, device)
+    seed = cfg.manual_seed if cfg.manual_seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+    seed_epoch(seed, -1)
+    torch.backends.cudnn.benchmark = cfg.manual_seed is None
+    train_set, val_set = build_datasets(cfg)
+    batch = per_process_batch(cfg.batch_size, processes, "batch_size")
+    train_loader, train_sampler = make_loader(train_set, batch, cfg.workers, processes, True, seed)
+    if len(train_loader) == 0:
+        raise TrainingError(
+            f"{cfg.train_list or cfg.data_root}: fewer samples ({len(train_set)}) than one batch ({batch})"
+        )
+    val_loader = None
+    if val_set is not None:
+        val_batch = per_process_batch(cfg.batch_size_val, processes, "batch_size_val")
+        val_loader, _ = make_loader(val_set, val_batch, cfg.workers, processes, False, seed)
+
+    if cfg.weight:
+        initial_weights(model, cfg.weight, cfg)
+    pruner = make_pruner(cfg)
+    resume_path = resolve_resume(cfg)
+    resumed = load_checkpoint(resume_path) if resume_path is not None else None
+    if resumed is not None and pruner is not None and resumed.get("pruner"):
+        pruner.load_state_dict(resumed["pruner"])  # a finished pruner makes configure_model harden the masks
+    if pruner is not None:
+        model = pruner.configure_model(model)  # before the optimizer: the logits are trained too
+    if resumed is not None:
+        load_network_state(model, {k.removeprefix("module."): v for k, v in resumed["state_dict"].items()}, resume_path)
+    model.to(device)
+    if processes.distributed:
+        if device.type == "cuda" and cfg.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if device.type == "cuda" and cfg.amp:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=bool(cfg.amp) and device.type == "cuda")
+    first_epoch, best = cfg.start_epoch, {}
+    if resumed is not None:
+        optimizer.load_state_dict(resumed["optimizer"])
+        scaler.load_state_dict(resumed["scaler"])
+        restore_rng_state(resumed.get("rng"))
+        first_epoch, best = int(resumed["epoch"]), dict(resumed.get("best") or {})
+        logger.info("resumed from %s after epoch %d", resume_path, first_epoch)
+
+    run_log = RunLog(exp_dir if processes.is_main else None)
+    palette = read_palette(cfg.path("colors_path"), cfg.classes)
+    max_iterations = cfg.epochs * len(train_loader)
+    context = StepContext(cfg, processes, optimizer, scaler, max_iterations, run_log, logger.info)
+    epoch = first_epoch
+    try:
+        for epoch in progress_bar(
+            range(first_epoch, cfg.epochs), processes, desc="epochs", initial=first_epoch, total=cfg.epochs
+        ):
+            if pruner is not None and pruner.active and epoch >= cfg.ending_epoch:
+                model = pruner.on_pruning_end(model)
+                dropped = drop_stale_parameters(optimizer, model)
+                logger.info("epoch %d: masks hardened; the optimizer dropped %d mask logits", epoch + 1, dropped)
+            seed_epoch(seed, epoch)
+            start_epoch(train_loader, train_sampler, seed, epoch)
+            result = train_epoch(model, train_loader, epoch, context, training_metrics(cfg, device))
+            if pruner is not None:
+                pruner.update_mask_layers(model, epoch)
+            run_log.epoch("train", result.loss, result.metrics, epoch + 1)
+            logger.info("epoch %d/%d train loss %.4f %s", epoch + 1, cfg.epochs, result.loss, _summary(result.metrics))
+            if val_loader is not None:
+                val = validate(model, val_loader, cfg, processes, training_metrics(cfg, device))
+                run_log.epoch("val", val.loss, val.metrics, epoch + 1)
+                run_log.images(val.samples, palette, cfg.mean, cfg.std, epoch + 1)
+                logger.info("epoch %d/%d val loss %.4f %s", epoch + 1, cfg.epochs, val.loss, _summary(val.metrics))
+                best = {"epoch": epoch + 1, **val.metrics} if _better(val.metrics, best) else best
+            logs = pruning_logs(pruner, model, run_log, epoch + 1)
+            run_log.mask_logits(model, epoch + 1)
+            if logs:
+                logger.info(
+                    "epoch %d: %d of %d channels kept",
+                    epoch + 1,
+                    logs["acosp/kept_channels"],
+                    logs["acosp/total_channels"],
+                )
+            last_epoch = epoch + 1 == cfg.epochs
+            if last_epoch and pruner is not None and pruner.active:
+                model = pruner.on_pruning_end(model)  # pruning never reached ending_epoch: harden now
+                drop_stale_parameters(optimizer, model)
+                logger.info("training ends before ending_epoch: masks hardened after the last epoch")
+            if processes.is_main:
+                state = checkpoint(cfg, model, optimizer, scaler, pruner, epoch + 1, best)
+                if (epoch + 1) % cfg.save_freq == 0 or last_epoch:
+                    save_checkpoint(state, model_dir / f"train_epoch_{epoch + 1}.pth")
+                    prune_epoch_checkpoints(model_dir, cfg.keep_checkpoints)
+                save_checkpoint(state, model_dir / "last.pth")
+                if last_epoch:
+                    save_checkpoint(state, model_dir / "final.pth")
+            run_log.flush()
+            barrier()
+    except KeyboardInterrupt:
+        if processes.is_main:
+            path = save_checkpoint(
+                checkpoint(cfg, model, optimizer, scaler, pruner, epoch, best, True), model_dir / "last.pth"
+            )
+            logger.warning("interrupted in epoch %d: saved %s; 'resume auto' repeats that epoch", epoch + 1, path)
+        return 130
+    finally:
+        run_log.close()
+    if processes.is_main:
+        logger.info("done: %s", model_dir / "final.pth")
+    close_processes()
+    return 0
+
+
+def _summary(metrics: dict) -> str:
+    return " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+
+
+def _better(metrics: dict, best: dict) -> bool:
+    key = "mIoU" if "mIoU" in metrics else "accuracy"
+    return key in metrics and metrics[key] > best.get(key, float("-inf"))
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (TrainingError, ValueError, FileNotFoundError) as error:
+        logging.getLogger("train").error("%s", error)
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,49 @@
+#!/bin/sh
+# Train one experiment, then test its final model:
+#   sh tool/train.sh DATASET EXP [key value ...]      e.g. sh tool/train.sh cityscapes pspnet50_0.75
+# uses config/DATASET/DATASET_EXP.yaml and writes exp/DATASET/EXP/. The key value pairs override
+# the config for training and testing alike. NPROC=N starts N processes per machine with torchrun;
+# NNODES, NODE_RANK, MASTER_ADDR and MASTER_PORT spread them over several machines. PYTHON picks
+# the interpreter (default: python).
+set -eu
+
+if [ "$#" -lt 2 ]; then
+    echo "usage: sh tool/train.sh DATASET EXP [key value ...]" >&2
+    exit 2
+fi
+dataset=$1
+exp=$2
+shift 2
+cd "$(dirname "$0")/.."
+config="config/$dataset/${dataset}_$exp.yaml"
+if [ ! -f "$config" ]; then
+    echo "error: no config $config (see config/$dataset/ for the experiments there are)" >&2
+    exit 2
+fi
+python=${PYTHON:-python}
+nproc=${NPROC:-1}
+nnodes=${NNODES:-1}
+
+status=0
+if [ "$nproc" -gt 1 ] || [ "$nnodes" -gt 1 ]; then
+    if [ "$nnodes" -gt 1 ]; then
+        # Several machines: every one runs this script with its own NODE_RANK and the same master.
+        "$python" -m torch.distributed.run --nproc_per_node="$nproc" --nnodes="$nnodes" \
+            --node_rank="${NODE_RANK:?set NODE_RANK for a run on several machines}" \
+            --master_addr="${MASTER_ADDR:?set MASTER_ADDR}" --master_port="${MASTER_PORT:?set MASTER_PORT}" \
+            tool/train.py --config "$config" "$@" || status=$?
+    else
+        # One machine: --standalone finds a free port, so runs side by side do not collide.
+        "$python" -m torch.distributed.run --standalone --nproc_per_node="$nproc" \
+            tool/train.py --config "$config" "$@" || status=$?
+    fi
+else
+    "$python" tool/train.py --config "$config" "$@" || status=$?
+fi
+if [ "$status" -ne 0 ]; then
+    echo "training failed (exit code $status): not testing" >&2
+    exit "$status"
+fi
+if [ -f tool/test.sh ] && [ "${NODE_RANK:-0}" = 0 ]; then
+    sh tool/test.sh "$dataset" "$exp" "$@"
+fi

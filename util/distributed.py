@@ -1,0 +1,88 @@
+"""Processes and devices: torchrun's environment -> a process group; rank helpers that work without one.
+
+torchrun sets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``; a plain
+``python tool/train.py`` is one process and needs no process group at all. The backend follows the
+device: NCCL on CUDA, gloo on the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Processes:
+    """Where this process stands: its rank among ``world_size`` and the device it computes on."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def choose_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto``: this process's GPU when CUDA is available, else the CPU; ``cpu`` or ``cuda`` to force one."""
+    if preference not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {preference!r}")
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device cuda was asked for, but torch sees no CUDA device")
+    if preference == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def init_processes(preference: str = "auto") -> Processes:
+    """Join torchrun's process group when started by torchrun; otherwise a single process."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = choose_device(preference, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size)
+    return Processes(rank, world_size, local_rank, device)
+
+
+def close_processes() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of ``tensor`` over all processes (in place), or the tensor itself in a single process."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_flag(value: bool, device: torch.device) -> bool:
+    """Rank 0's ``value`` on every rank, so that all processes take the same branch (stop, save...)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return value
+    flag = torch.tensor([1.0 if value else 0.0], device=device)
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
+def any_rank(value: bool, device: torch.device) -> bool:
+    """True on every rank when ``value`` is true on any of them (a NaN loss on one rank stops all)."""
+    flag = torch.tensor([1.0 if value else 0.0], device=device)
+    return bool(all_reduce_sum(flag).item() > 0)
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()

@@ -1,0 +1,93 @@
+"""What a training run shows in tensorboard: losses, metrics, every pruning statistic, logits, images.
+
+Only the main process writes; on the others ``RunLog`` is a quiet stand-in, so the training loop
+never asks which rank it is on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from acosp.inject import named_mask_layers
+from acosp.masks import SigmoidSoftTopK
+
+
+def read_palette(path: str | Path | None, classes: int) -> np.ndarray:
+    """``classes`` x 3 uint8 RGB colours from a colours file (one ``r g b`` per line), or a fixed random palette."""
+    if path is not None and Path(path).is_file():
+        rows = [line.split() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+        colours = np.array([[int(v) for v in row[:3]] for row in rows], dtype=np.uint8)
+        if len(colours) >= classes:
+            return colours[:classes]
+    return np.random.default_rng(0).integers(0, 256, (classes, 3), dtype=np.uint8)
+
+
+def colour_labels(labels: torch.Tensor, palette: np.ndarray) -> np.ndarray:
+    """HxW class ids -> HxWx3 colours; ids outside the palette (the ignore label) are black."""
+    ids = labels.cpu().numpy().astype(np.int64)
+    out = np.zeros((*ids.shape, 3), dtype=np.uint8)
+    valid = (ids >= 0) & (ids < len(palette))
+    out[valid] = palette[ids[valid]]
+    return out
+
+
+class RunLog:
+    """tensorboardX events in the experiment folder, written by the main process only."""
+
+    def __init__(self, folder: str | Path | None):
+        self.writer = None
+        if folder is not None:
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(str(folder))
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(tag, value, step)
+
+    def epoch(self, split: str, loss: float, metrics: dict[str, float], epoch: int) -> None:
+        self.add_scalar(f"{split}/loss", loss, epoch)
+        for name, value in metrics.items():
+            if np.isscalar(value):
+                self.add_scalar(f"{split}/{name}", float(value), epoch)
+
+    def mask_logits(self, model: nn.Module, epoch: int) -> None:
+        """A histogram of the (normalised) logits of every soft mask: how decided each layer is."""
+        if self.writer is None:
+            return
+        for name, layer in named_mask_layers(model):
+            if isinstance(layer, SigmoidSoftTopK):
+                self.writer.add_histogram(f"acosp/logits/{name}", layer.weight.detach().float().cpu().numpy(), epoch)
+
+    def images(self, samples, palette: np.ndarray, mean, std, epoch: int) -> None:
+        """Each sample as one picture: the image, its ground truth and the prediction side by side."""
+        if self.writer is None or not samples:
+            return
+        mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+        std = torch.tensor(std, dtype=torch.float32)[:, None, None]
+        rows = []
+        for image, label, prediction in samples:
+            rgb = (image.float() * std + mean).clamp(0, 255).byte().permute(1, 2, 0).numpy()
+            rows.append(np.concatenate([rgb, colour_labels(label, palette), colour_labels(prediction, palette)], 1))
+        grid = np.concatenate(rows, 0)
+        self.writer.add_image("val/image_truth_prediction", grid, epoch, dataformats="HWC")
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def pruning_logs(pruner: Any, model: nn.Module, log: RunLog, epoch: int) -> dict[str, float]:
+    """Every statistic of ``collect_logs`` (temperature, chosen/pruned/undecided, kept channels) at ``epoch``."""
+    if pruner is None:
+        return {}
+    return pruner.collect_logs(log.writer, model, epoch) if log.writer is not None else {}
