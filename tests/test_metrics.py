@@ -1,6 +1,7 @@
 """Confusion-matrix scores: semseg's numbers, NaN-excluded absent classes, sums over processes, helpers."""
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from util.metrics import SegmentationMetrics, confusion_matrix, scores
+from util.metrics import ClassificationAccuracy, SegmentationMetrics, confusion_matrix, scores, training_metrics
 from util.util import AverageMeter, colorize, intersectionAndUnion, intersectionAndUnionGPU, poly_learning_rate
 
 
@@ -102,6 +103,9 @@ def _reduce_worker(rank, folder):
         metrics = SegmentationMetrics(5)
         metrics.update(*random_maps(rank))
         torch.save(metrics.reduce().confusion, f"{folder}/rank{rank}.pth")
+        accuracy = ClassificationAccuracy()
+        accuracy.update(torch.tensor([1, 2, 3]), torch.tensor([1, 2, 0]) if rank else torch.tensor([0, 0, 3]))
+        torch.save(accuracy.reduce(), f"{folder}/accuracy{rank}.pth")
     finally:
         dist.destroy_process_group()
 
@@ -114,6 +118,24 @@ def test_reduce_sums_the_counts_of_every_process(tmp_path):
     for rank in range(2):
         assert torch.equal(torch.load(tmp_path / f"rank{rank}.pth", weights_only=True), single.confusion)
     assert torch.equal(single.reduce().confusion, single.confusion)  # no process group: unchanged
+    for rank in range(2):
+        assert torch.load(tmp_path / f"accuracy{rank}.pth", weights_only=True) == {"accuracy": 3 / 6}
+
+
+def test_training_metrics_per_epoch_for_segmentation_and_classification():
+    metrics = training_metrics(SimpleNamespace(arch="segnet", classes=5, ignore_label=255))
+    pred, target = random_maps(0)
+    metrics.update(torch.from_numpy(pred), torch.from_numpy(target))
+    result = metrics.reduce()
+    expected = scores(*semseg_areas(pred, target, 5))
+    assert result == pytest.approx({"mIoU": expected["miou"], "mAcc": expected["macc"], "allAcc": expected["allacc"]})
+    # PSPNet with zoom_factor < 8 predicts at a lower resolution: labels are picked at that size
+    metrics = training_metrics(SimpleNamespace(arch="psp", classes=2, ignore_label=255))
+    metrics.update(torch.zeros(1, 2, 2, dtype=torch.long), torch.tensor([[[0, 0, 1, 1]] * 2 + [[1, 1, 1, 1]] * 2]))
+    assert metrics.confusion.tolist() == [[2, 0], [2, 0]]
+    accuracy = training_metrics(SimpleNamespace(arch="resnet18", classes=10))
+    accuracy.update(torch.tensor([1, 2, 3, 4]), torch.tensor([1, 2, 0, 0]))
+    assert accuracy.reduce() == {"accuracy": 0.5}
 
 
 def test_semseg_helpers():

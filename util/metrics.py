@@ -101,6 +101,15 @@ def scores(intersection: Any, union: Any, target: Any, absent: str = "exclude") 
     }
 
 
+def _all_reduce(counts: torch.Tensor) -> None:
+    """Sum ``counts`` over every process, in place (NCCL needs them on the GPU for the moment)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        moved = counts.cuda() if dist.get_backend() == "nccl" and counts.device.type != "cuda" else counts
+        dist.all_reduce(moved)
+        if moved is not counts:
+            counts.copy_(moved)
+
+
 class SegmentationMetrics:
     """Accumulate a confusion matrix over a split; ``reduce`` sums it over processes.
 
@@ -126,12 +135,7 @@ class SegmentationMetrics:
 
     def reduce(self) -> SegmentationMetrics:
         """Sum the counts of every process (a no-op without an initialised process group)."""
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            counts = self.confusion
-            if dist.get_backend() == "nccl" and counts.device.type != "cuda":
-                counts = counts.cuda()
-            dist.all_reduce(counts)
-            self.confusion = counts.to(self.confusion.device)
+        _all_reduce(self.confusion)
         return self
 
     @property
@@ -149,3 +153,57 @@ class SegmentationMetrics:
     def summary(self, absent: str = "exclude") -> dict[str, float | int | list[float]]:
         """``miou``, ``macc``, ``allacc``, per-class ``iou`` and ``acc`` lists, and the excluded counts."""
         return scores(*areas(self.confusion), absent=absent)
+
+
+class ClassificationAccuracy:
+    """Top-1 accuracy over a split (CIFAR-10): correct and total counts, summed over processes."""
+
+    def __init__(self, device: str | torch.device | None = None):
+        self.counts = torch.zeros(2, dtype=torch.int64, device=device)  # correct, total
+
+    def update(self, pred: Any, target: Any) -> None:
+        """Add a batch of predicted class ids (N) and labels (N)."""
+        pred, target = _as_tensor(pred, self.counts.device), _as_tensor(target, self.counts.device)
+        if pred.shape != target.shape:
+            raise ValueError(f"prediction shape {tuple(pred.shape)} differs from target shape {tuple(target.shape)}")
+        self.counts += torch.stack([(pred == target).sum(), torch.tensor(target.numel(), device=target.device)])
+
+    def reduce(self) -> dict[str, float]:
+        """``{"accuracy": ...}`` over every process (NaN before any update)."""
+        _all_reduce(self.counts)
+        correct, total = self.counts.tolist()
+        return {"accuracy": correct / total if total else math.nan}
+
+
+class EpochSegmentationMetrics(SegmentationMetrics):
+    """``SegmentationMetrics`` for a training loop: ``reduce()`` returns ``{"mIoU", "mAcc", "allAcc"}``.
+
+    A label map larger than the prediction (PSPNet with ``zoom_factor`` < 8) is scored at the
+    prediction's size, its labels picked by nearest neighbour.
+    """
+
+    def __init__(self, classes: int, ignore_index: int = 255, device=None, absent: str = "exclude"):
+        super().__init__(classes, ignore_index, device)
+        self.absent = absent
+
+    def update(self, pred: Any, target: Any) -> torch.Tensor:
+        pred, target = _as_tensor(pred), _as_tensor(target)
+        if target.dim() == 3 and pred.dim() == 3 and target.shape[-2:] != pred.shape[-2:]:
+            target = torch.nn.functional.interpolate(target[:, None].float(), size=pred.shape[-2:], mode="nearest")
+            target = target[:, 0].long()
+        return super().update(pred, target)
+
+    def reduce(self) -> dict[str, float]:
+        summary = super().reduce().summary(self.absent)
+        return {"mIoU": summary["miou"], "mAcc": summary["macc"], "allAcc": summary["allacc"]}
+
+
+def training_metrics(cfg: Any, device: str | torch.device | None = None):
+    """A fresh per-epoch accumulator for a config: accuracy for ``resnet18``, mIoU/mAcc/allAcc otherwise.
+
+    Both have ``update(prediction, target)`` and ``reduce() -> dict[str, float]``.
+    """
+    if cfg.arch == "resnet18":
+        return ClassificationAccuracy(device)
+    absent = getattr(cfg, "absent_classes", "exclude")
+    return EpochSegmentationMetrics(cfg.classes, cfg.ignore_label, device, absent)
