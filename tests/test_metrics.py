@@ -132,7 +132,7 @@ def test_training_metrics_per_epoch_for_segmentation_and_classification():
     # PSPNet with zoom_factor < 8 predicts at a lower resolution: labels are picked at that size
     metrics = training_metrics(SimpleNamespace(arch="psp", classes=2, ignore_label=255))
     metrics.update(torch.zeros(1, 2, 2, dtype=torch.long), torch.tensor([[[0, 0, 1, 1]] * 2 + [[1, 1, 1, 1]] * 2]))
-    assert metrics.confusion.tolist() == [[2, 0], [2, 0]]
+    assert metrics.confusion.tolist() == [[1, 0], [3, 0]]  # rows 0 and 2, columns 0 and 2: labels 0, 1, 1, 1
     accuracy = training_metrics(SimpleNamespace(arch="resnet18", classes=10))
     accuracy.update(torch.tensor([1, 2, 3, 4]), torch.tensor([1, 2, 0, 0]))
     assert accuracy.reduce() == {"accuracy": 0.5}
