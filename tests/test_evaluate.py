@@ -2,6 +2,7 @@
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from util.checkpoint import save_checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = 3
 COLORS = [[255, 0, 0], [0, 255, 0], [0, 0, 255]]
+ARCH = {"arch": "segnet", "classes": CLASSES, "width": 0.125}  # a narrow SegNet keeps the tests fast
 
 
 def independent_scores(pairs, classes=CLASSES, ignore=255):
@@ -80,9 +82,9 @@ def experiment(tmp_path_factory):
     }
     (root / "tiny_segnet.yaml").write_text(yaml.safe_dump(config))
     torch.manual_seed(0)
-    model = build_model({"arch": "segnet", "classes": CLASSES})
+    model = build_model(ARCH)
     save_checkpoint(
-        {"state_dict": model.state_dict(), "arch": describe_arch(config["TRAIN"] | {"classes": 3})},
+        {"state_dict": model.state_dict(), "arch": describe_arch(ARCH)},
         root / "exp" / "model" / "final.pth",
     )
     return root
@@ -171,12 +173,12 @@ def test_a_missing_image_is_reported_the_others_evaluated_and_the_exit_is_nonzer
 
 
 def test_a_checkpoint_that_does_not_fit_names_the_keys(experiment, capsys):
-    model = build_model({"arch": "segnet", "classes": CLASSES})
+    model = build_model(ARCH)
     state = model.state_dict()
-    state["dec1.1.weight"] = torch.zeros(5, 64, 3, 3)  # a classifier for 5 classes
+    state["dec1.1.weight"] = torch.zeros(5, 8, 3, 3)  # a classifier for 5 classes
     state.pop("enc1.0.1.running_var")
     bad = experiment / "bad.pth"
-    save_checkpoint({"state_dict": state, "arch": {"arch": "segnet", "classes": CLASSES}}, bad)
+    save_checkpoint({"state_dict": state, "arch": ARCH}, bad)
     assert run(experiment, "model_path", str(bad)) == 2
     printed = capsys.readouterr().out
     assert "missing keys: enc1.0.1.running_var" in printed and "wrong shapes: dec1.1.weight" in printed
@@ -191,3 +193,30 @@ def test_test_sh_finds_the_experiment_and_reports_bad_arguments(experiment, tmp_
     )
     assert result.returncode == 2 and "config/nowhere/nowhere_segnet.yaml not found" in result.stderr
     assert subprocess.run(["sh", "tool/test.sh"], cwd=ROOT, capture_output=True, text=True).returncode == 2
+
+
+def test_two_processes_through_test_sh_give_the_single_process_results(experiment, tmp_path):
+    # a copy of the repository, so that config/ and exp/ of the experiment live in a throwaway tree
+    tree = tmp_path / "repo"
+    for folder in ("acosp", "model", "util", "tool", "dataset"):
+        shutil.copytree(ROOT / folder, tree / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    config = yaml.safe_load((experiment / "tiny_segnet.yaml").read_text())
+    del config["TRAIN"]["save_path"], config["TEST"]["save_folder"]
+    (tree / "config" / "tiny").mkdir(parents=True)
+    (tree / "config" / "tiny" / "tiny_segnet.yaml").write_text(yaml.safe_dump(config))
+    (tree / "exp" / "tiny" / "segnet" / "model").mkdir(parents=True)
+    shutil.copy(experiment / "exp" / "model" / "final.pth", tree / "exp" / "tiny" / "segnet" / "model")
+    environment = {**os.environ, "PYTHON": sys.executable, "NPROC": "2", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        ["sh", "tool/test.sh", "tiny", "segnet", "batch_size_test", "4"],
+        cwd=tree,
+        env=environment,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    folder = tree / "exp" / "tiny" / "segnet" / "result" / "val" / "ss"
+    assert sorted(path.name for path in (folder / "gray").iterdir()) == ["img0.png", "img1.png", "img2.png"]
+    assert run(experiment, "save_folder", str(tmp_path / "single")) == 0
+    single = read_csv(tmp_path / "single" / "val" / "ss" / "metrics.csv")
+    assert read_csv(folder / "metrics.csv") == single

@@ -19,11 +19,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch.distributed as dist  # noqa: E402
+import torch  # noqa: E402
 
 from util.checkpoint import CheckpointError, model_from_checkpoint  # noqa: E402
 from util.config import ConfigError, load_config, repo_path  # noqa: E402
-from util.evaluate import choose_device, evaluate, start_processes  # noqa: E402
+from util.distributed import close_processes, init_processes  # noqa: E402
+from util.evaluate import evaluate  # noqa: E402
 
 logger = logging.getLogger("test")
 
@@ -50,6 +51,9 @@ def setup_logging(folder: Path, rank: int) -> Path | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="the experiment's YAML file")
+    parser.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: CUDA when available"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="'key value' pairs that override the config")
     args = parser.parse_args(argv)
     try:
@@ -57,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    device = choose_device(cfg)
-    rank, world = start_processes(device)
+    processes = init_processes(args.device)
+    device, rank, world = processes.device, processes.rank, processes.world_size
+    if device.type == "cuda" and world == 1 and cfg.test_gpu:
+        device = torch.device("cuda", cfg.test_gpu[0])  # one process: the config's GPU
     try:
         log_path = setup_logging(repo_path(cfg.save_folder), rank)
         logger.info("config %s, device %s, %d process(es); log %s", cfg.source, device, world, log_path)
@@ -72,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", error)
         return 2
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        close_processes()
     if result.failed:
         logger.error(
             "%d image(s) failed, %d evaluated; each failure is logged above with its path",

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from util.atomic import atomic_path
 from util.config import repo_path
 from util.dataset import read_image, read_label
+from util.distributed import all_reduce_sum
 from util.inference import SlidingWindowPredictor
 from util.metrics import SegmentationMetrics
 from util.palette import colorize, read_colors, read_names
@@ -159,13 +160,9 @@ def _rank_and_world() -> tuple[int, int]:
 
 def _total(count: int, device: torch.device) -> int:
     """``count`` summed over every process."""
-    if _rank_and_world()[1] == 1:
-        return count
-    tensor = torch.tensor([count], dtype=torch.int64)
-    if dist.get_backend() == "nccl":
-        tensor = tensor.to(device if device.type == "cuda" else "cuda")
-    dist.all_reduce(tensor)
-    return int(tensor.item())
+    if _rank_and_world()[1] > 1 and dist.get_backend() == "nccl" and device.type != "cuda":
+        device = torch.device("cuda")
+    return int(all_reduce_sum(torch.tensor([count], dtype=torch.int64, device=device)).item())
 
 
 def _label_for(entry: Entry, cfg: Any, shape: tuple[int, ...]) -> np.ndarray:
@@ -244,25 +241,3 @@ def evaluate(
         write_metrics_csv(folder / "metrics.csv", names, summary)
         logger.info("scores of %d images (%s):\n%s", evaluated, folder, format_table(names, summary))
     return EvaluationResult(summary, folder, evaluated, failures, failed)
-
-
-def choose_device(cfg: Any) -> torch.device:
-    """The GPU of this process (``LOCAL_RANK`` under torchrun, else ``test_gpu[0]``), or the CPU.
-
-    The CPU when CUDA is unavailable or ``test_gpu`` is an empty list.
-    """
-    if not cfg.test_gpu or not torch.cuda.is_available():
-        return torch.device("cpu")
-    if "LOCAL_RANK" in os.environ:
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    else:
-        device = torch.device("cuda", cfg.test_gpu[0])
-    torch.cuda.set_device(device)
-    return device
-
-
-def start_processes(device: torch.device) -> tuple[int, int]:
-    """Join torchrun's process group when it started several processes; (rank, world size)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return _rank_and_world()
