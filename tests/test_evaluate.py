@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+import tool.demo as demo_tool
 import tool.test as test_tool
 from model import build_model, describe_arch
 from util.checkpoint import save_checkpoint
@@ -220,3 +221,42 @@ def test_two_processes_through_test_sh_give_the_single_process_results(experimen
     assert run(experiment, "save_folder", str(tmp_path / "single")) == 0
     single = read_csv(tmp_path / "single" / "val" / "ss" / "metrics.csv")
     assert read_csv(folder / "metrics.csv") == single
+
+
+def test_demo_writes_colour_and_overlay_pictures_and_reports_bad_files(experiment, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("img0.jpg", "img1.jpg"):
+        shutil.copy(experiment / "data" / "images" / name, photos / name)
+    (photos / "broken.png").write_bytes(b"not a png")
+    (photos / "notes.txt").write_text("not an image")
+    output = tmp_path / "demo"
+    status = demo_tool.main(
+        ["--config", str(experiment / "tiny_segnet.yaml"), "--image", str(photos), "--output", str(output)]
+        + ["--alpha", "0.25", "scales", "[0.75, 1.0]"]
+    )
+    assert status == 1
+    assert str(photos / "broken.png") in capsys.readouterr().err
+    names = sorted(path.name for path in output.iterdir())
+    assert names == ["img0_color.png", "img0_overlay.png", "img1_color.png", "img1_overlay.png"]
+    color = cv2.imread(str(output / "img0_color.png"))
+    image = cv2.imread(str(photos / "img0.jpg"))
+    assert {tuple(pixel) for pixel in color.reshape(-1, 3)} <= {tuple(c[::-1]) for c in COLORS}
+    blended = np.rint(0.75 * image.astype(np.float32) + 0.25 * color.astype(np.float32))
+    assert np.abs(cv2.imread(str(output / "img0_overlay.png")).astype(int) - blended).max() <= 1
+
+
+def test_demo_from_a_checkpoint_alone_uses_the_config_saved_in_it(experiment, tmp_path, capsys):
+    from util.config import load_config
+
+    cfg = load_config(experiment / "tiny_segnet.yaml")
+    checkpoint = torch.load(experiment / "exp" / "model" / "final.pth", weights_only=True)
+    save_checkpoint({**checkpoint, "config": cfg.to_dict()}, tmp_path / "with_config.pth")
+    image = experiment / "data" / "images" / "img1.jpg"
+    arguments = ["--checkpoint", str(tmp_path / "with_config.pth"), "--image", str(image)]
+    assert demo_tool.main([*arguments, "--output", str(tmp_path / "out"), "flip", "false"]) == 0
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["img1_color.png", "img1_overlay.png"]
+    assert cv2.imread(str(tmp_path / "out" / "img1_color.png")).shape == (36, 30, 3)
+    # without a config anywhere, the error says what to give
+    assert demo_tool.main(["--checkpoint", str(experiment / "exp" / "model" / "final.pth"), "--image", str(image)]) == 2
+    assert "holds no config; give --config" in capsys.readouterr().err
