@@ -1,0 +1,37 @@
+"""Cityscapes: convert the fine labels to the 19 train ids and write the list files fine_train.txt, fine_val.txt.
+
+    python tool/convert_cityscapes.py data/cityscapes [--splits train val]
+
+``data/cityscapes`` holds leftImg8bit/ and gtFine/ as downloaded. Every
+gtFine/<split>/<city>/*_gtFine_labelIds.png gets a *_gtFine_labelTrainIds.png beside it (classes
+0..18, everything else 255); the list files are written into the same folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from util.prepare_data import prepare_cityscapes  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", type=Path, help="the Cityscapes folder with leftImg8bit/ and gtFine/")
+    parser.add_argument("--splits", nargs="+", default=["train", "val"], choices=["train", "val", "test"])
+    args = parser.parse_args(argv)
+    try:
+        counts = prepare_cityscapes(args.root, args.splits)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for name, count in counts.items():
+        print(f"{args.root / name}: {count} samples")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Write the experiment configs in config/ from the publication's recipes, so they cannot drift apart.
+
+    python tool/make_configs.py           # (re)write config/<dataset>/<dataset>_<network>[_<sparsity>].yaml
+    python tool/make_configs.py --check   # exit 1 if a shipped config differs from what this writes
+
+Each recipe is written dense (no suffix, sparsity 0) and at every sparsity in SPARSITIES. Change a
+recipe here and rerun, rather than editing the YAML files by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from util.atomic import atomic_path  # noqa: E402
+from util.config import ROOT, build_config, to_yaml  # noqa: E402
+
+SPARSITIES = (0.5, 0.75, 0.875, 0.9375)
+HEADER = "# Written by tool/make_configs.py from its recipe: change the recipe there and rerun it.\n"
+
+COMMON = dict(
+    base_lr=0.01,
+    momentum=0.9,
+    weight_decay=0.0001,
+    power=0.9,
+    lr_schedule="poly",
+    scale_min=0.5,
+    scale_max=2.0,
+    rotate_min=-10.0,
+    rotate_max=10.0,
+    batch_size=16,
+    batch_size_val=8,
+    ignore_label=255,
+    scales=[1.0],
+    starting_epoch=0,
+    evaluate=False,
+)
+PSPNET = dict(arch="psp", layers=50, zoom_factor=8, aux_weight=0.4, head_lr_factor=10.0)
+PSPNET["pretrained_weights"] = "data/pretrained/resnet50_v2.pth"
+SEGNET = dict(arch="segnet", aux_weight=0.0, head_lr_factor=1.0, scale_min=0.25, scale_max=1.0)
+
+RECIPES = {
+    ("ade20k", "pspnet50"): dict(
+        **PSPNET,
+        classes=150,
+        train_h=473,
+        train_w=473,
+        epochs=100,
+        ending_epoch=30,
+        base_size=512,
+        test_h=473,
+        test_w=473,
+        train_list="data/ade20k/training.txt",
+        val_list="data/ade20k/validation.txt",
+        test_list="data/ade20k/validation.txt",
+    ),
+    ("voc2012", "pspnet50"): dict(
+        **PSPNET,
+        classes=21,
+        train_h=473,
+        train_w=473,
+        epochs=50,
+        ending_epoch=20,
+        base_size=512,
+        test_h=473,
+        test_w=473,
+        train_list="data/voc2012/train_aug.txt",
+        val_list="data/voc2012/val.txt",
+        test_list="data/voc2012/val.txt",
+    ),
+    ("cityscapes", "pspnet50"): dict(
+        **PSPNET,
+        classes=19,
+        train_h=713,
+        train_w=713,
+        epochs=200,
+        ending_epoch=50,
+        manual_seed=1,
+        base_size=2048,
+        test_h=713,
+        test_w=713,
+        train_list="data/cityscapes/fine_train.txt",
+        val_list="data/cityscapes/fine_val.txt",
+        test_list="data/cityscapes/fine_val.txt",
+    ),
+    ("cityscapes", "segnet"): dict(
+        **SEGNET,
+        classes=19,
+        train_h=512,
+        train_w=1024,
+        epochs=200,
+        ending_epoch=50,
+        base_size=2048,
+        test_h=512,
+        test_w=1024,
+        train_list="data/cityscapes/fine_train.txt",
+        val_list="data/cityscapes/fine_val.txt",
+        test_list="data/cityscapes/fine_val.txt",
+    ),
+    ("camvid", "segnet"): dict(
+        **SEGNET,
+        classes=11,
+        ignore_label=11,
+        train_h=360,
+        train_w=480,
+        batch_size=8,
+        weight_decay=0.0005,
+        lr_schedule="cosine",
+        epochs=450,
+        ending_epoch=300,
+        manual_seed=1,
+        base_size=480,
+        test_h=360,
+        test_w=480,
+        train_list="data/camvid/train.txt",
+        val_list="data/camvid/val.txt",
+        test_list="data/camvid/test.txt",
+    ),
+}
+
+
+def experiments() -> dict[Path, str]:
+    """Every shipped config: its path and its YAML text."""
+    out = {}
+    for (dataset, network), recipe in RECIPES.items():
+        for sparsity in (0.0, *SPARSITIES):
+            name = network if sparsity == 0 else f"{network}_{sparsity}"
+            values = {**COMMON, **recipe, "dataset": dataset, "data_root": f"data/{dataset}", "sparsity": sparsity}
+            values["save_path"] = f"exp/{dataset}/{name}/model"
+            path = ROOT / "config" / dataset / f"{dataset}_{name}.yaml"
+            cfg = build_config(values, source=str(path))
+            out[path] = HEADER + to_yaml(cfg)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="compare with the shipped configs instead of writing")
+    args = parser.parse_args(argv)
+    stale = []
+    for path, text in experiments().items():
+        current = path.read_text(encoding="utf-8") if path.is_file() else None
+        if current == text:
+            continue
+        if args.check:
+            stale.append(path.relative_to(ROOT))
+            continue
+        with atomic_path(path) as temporary:
+            temporary.write_text(text, encoding="utf-8")
+        print(f"wrote {path.relative_to(ROOT)}")
+    if stale:
+        print("out of date (run python tool/make_configs.py):", *stale, sep="\n  ", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""The training data: segmentation images listed in a list file, and the CIFAR-10 python batches.
+
+Both check what they can when they are built (the list, every file's existence), so a broken
+dataset stops a run in seconds rather than after an epoch; what needs the pixels (a corrupt image,
+sizes, label values) is checked when a sample is read. Every error names the file at fault.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+from torch.utils.data import Dataset
+
+SPLITS = ("train", "val", "test")
+CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR10_TEST = ("test_batch",)
+
+
+class DatasetError(ValueError):
+    """Data that cannot be used as it is; the message names the file (and line) at fault."""
+
+
+def _join(root: str | os.PathLike, path: str) -> str:
+    return path if os.path.isabs(path) else os.path.join(root, path)
+
+
+def read_list(split: str, data_root: str | os.PathLike, data_list: str | os.PathLike) -> list[tuple[str, str | None]]:
+    """(image, label) paths from a list file of 'image label' lines ('image' alone for split 'test').
+
+    Paths are relative to ``data_root`` unless absolute. Every file must exist.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if not os.path.isfile(data_list):
+        raise FileNotFoundError(f"{data_list}: list file not found")
+    with open(data_list, encoding="utf-8") as handle:
+        lines = handle.read().splitlines()
+    pairs, missing = [], []
+    for number, line in enumerate(lines, 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2 and not (split == "test" and len(fields) == 1):
+            wanted = "'image' or 'image label'" if split == "test" else "'image label'"
+            raise DatasetError(f"{data_list}, line {number}: expected {wanted}, got {len(fields)} fields: {line!r}")
+        image = _join(data_root, fields[0])
+        label = _join(data_root, fields[1]) if split != "test" else None
+        for path in (image, label):
+            if path is not None and not os.path.isfile(path):
+                missing.append(f"line {number}: {path}")
+        pairs.append((image, label))
+    if missing:
+        shown = "\n  ".join(missing[:5]) + (f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else "")
+        count = len(missing)
+        raise FileNotFoundError(f"{data_list}: {count} listed files do not exist (data_root {data_root}):\n  {shown}")
+    if not pairs:
+        raise DatasetError(f"{data_list}: the list file has no entries")
+    return pairs
+
+
+def read_image(path: str) -> np.ndarray:
+    """An HxWx3 RGB float32 image on the 0-255 scale."""
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise DatasetError(f"{path}: cannot read the image (missing, truncated or not an image file)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB).astype(np.float32)
+
+
+def read_label(path: str) -> np.ndarray:
+    """An HxW uint8 label image of train ids."""
+    label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if label is None:
+        raise DatasetError(f"{path}: cannot read the label (missing, truncated or not an image file)")
+    if label.ndim == 3:
+        if not all(np.array_equal(label[:, :, 0], label[:, :, i]) for i in range(1, label.shape[2])):
+            raise DatasetError(
+                f"{path}: the label has {label.shape[2]} different colour channels; labels must be single-channel "
+                "PNGs of train ids (is this a colour-coded label?)"
+            )
+        label = label[:, :, 0]
+    if label.dtype != np.uint8:
+        if label.min() < 0 or label.max() > 255:
+            raise DatasetError(f"{path}: label values must fit in 0..255, found {label.min()}..{label.max()}")
+        label = label.astype(np.uint8)
+    return label
+
+
+class SemData(Dataset):
+    """Segmentation samples from a list file: ``(image, label)`` after ``transform``.
+
+    With ``classes`` given, a label value that is neither a class id nor ``ignore_label`` is an error
+    naming the file and the values, or, with ``ignore_unknown_labels``, becomes ``ignore_label``.
+    For split ``test`` the list holds images only and the label is all ``ignore_label``.
+    """
+
+    def __init__(
+        self,
+        split: str = "train",
+        data_root: str | os.PathLike = "",
+        data_list: str | os.PathLike = "",
+        transform: Callable | None = None,
+        classes: int | None = None,
+        ignore_label: int = 255,
+        ignore_unknown_labels: bool = False,
+    ):
+        if classes is not None and not 2 <= classes <= 256:
+            raise ValueError(f"classes must be in 2..256, got {classes}")
+        self.split, self.transform = split, transform
+        self.classes, self.ignore_label, self.ignore_unknown_labels = classes, ignore_label, ignore_unknown_labels
+        self.list_path = str(data_list)
+        self.data_list = read_list(split, data_root, data_list)
+
+    @classmethod
+    def from_config(cls, cfg, list_key: str, transform: Callable | None = None) -> SemData:
+        """The dataset of ``cfg[list_key]`` ('train_list', 'val_list' or 'test_list'); paths from the repo root."""
+        split = {"train_list": "train", "val_list": "val"}.get(list_key, cfg.split)
+        if cfg[list_key] is None:
+            raise ValueError(f"{cfg.source}: {list_key} is not set")
+        return cls(
+            split,
+            cfg.path("data_root"),
+            cfg.path(list_key),
+            transform,
+            classes=cfg.classes,
+            ignore_label=cfg.ignore_label,
+            ignore_unknown_labels=cfg.ignore_unknown_labels,
+        )
+
+    def __len__(self) -> int:
+        return len(self.data_list)
+
+    def __getitem__(self, index: int):
+        image_path, label_path = self.data_list[index]
+        image = read_image(image_path)
+        if label_path is None:
+            label = np.full(image.shape[:2], self.ignore_label, np.uint8)
+        else:
+            label = read_label(label_path)
+            if label.shape != image.shape[:2]:
+                raise DatasetError(
+                    f"{label_path}: the label is {label.shape[0]}x{label.shape[1]} but its image {image_path} "
+                    f"is {image.shape[0]}x{image.shape[1]}"
+                )
+            label = self._check_values(label, label_path)
+        if self.transform is not None:
+            image, label = self.transform(image, label)
+        return image, label
+
+    def _check_values(self, label: np.ndarray, path: str) -> np.ndarray:
+        if self.classes is None:
+            return label
+        unknown = (label >= self.classes) & (label != self.ignore_label)
+        if not unknown.any():
+            return label
+        if self.ignore_unknown_labels:
+            return np.where(unknown, np.uint8(self.ignore_label), label)
+        values = np.unique(label[unknown]).tolist()
+        raise DatasetError(
+            f"{path}: label values {values} are neither class ids (0..{self.classes - 1}) nor the ignore label "
+            f"{self.ignore_label}; set ignore_unknown_labels to map them to the ignore label"
+        )
+
+
+def _numpy_reconstructors() -> dict[str, object]:
+    """The numpy functions a pickled array needs, whichever module name (numpy 1 or 2) the file uses."""
+    return {
+        "_reconstruct": np.zeros(1).__reduce__()[0],
+        "scalar": np.float64(0).__reduce__()[0],
+        "_frombuffer": np.zeros(1).__reduce_ex__(5)[0],
+    }
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists and numpy arrays only: a batch file cannot run code."""
+
+    def find_class(self, module: str, name: str):
+        numpy_core = ("numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric", "numpy._core.numeric")
+        if module in numpy_core and name in ("_reconstruct", "scalar", "_frombuffer"):
+            return _numpy_reconstructors()[name]
+        if (module, name) == ("_codecs", "encode"):  # bytes pickled by Python 3 at protocol 2
+            return codecs.encode
+        if module == "numpy" and name in ("ndarray", "dtype"):
+            return getattr(np, name)
+        if module in ("numpy.core.multiarray", "numpy._core.multiarray", "numpy.dtypes") and name == "dtype":
+            return np.dtype
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a CIFAR-10 batch holds only arrays")
+
+
+def read_cifar10_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N x 32 x 32 x 3 uint8 RGB) and labels (N int64) of one CIFAR-10 python batch file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: CIFAR-10 batch file not found")
+    try:
+        with open(path, "rb") as handle:
+            batch = _ArrayUnpickler(handle, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as error:
+        raise DatasetError(f"{path}: not a readable CIFAR-10 python batch ({error})") from None
+    if not isinstance(batch, dict):
+        raise DatasetError(f"{path}: a CIFAR-10 batch is a dict with b'data' and b'labels', got {type(batch).__name__}")
+    data, labels = batch.get(b"data", batch.get("data")), batch.get(b"labels", batch.get("labels"))
+    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.dtype != np.uint8:
+        shape = getattr(data, "shape", None)
+        raise DatasetError(f"{path}: b'data' must be an N x 3072 uint8 array, got {shape}")
+    if labels is None or len(labels) != len(data):
+        raise DatasetError(f"{path}: b'labels' must hold one label per image ({len(data)})")
+    labels = np.asarray(labels, dtype=np.int64)
+    bad = np.unique(labels[(labels < 0) | (labels > 9)])
+    if bad.size:
+        raise DatasetError(f"{path}: label values {bad.tolist()} are not CIFAR-10 classes 0..9")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
+
+
+class Cifar10(Dataset):
+    """CIFAR-10 from its python batches in ``root``: ``(image, label)`` with the image HxWx3 float32 (0-255).
+
+    ``transform`` is a paired transform of this package, called as ``transform(image, None)``.
+    """
+
+    classes = 10
+
+    def __init__(self, root: str | os.PathLike, train: bool = True, transform: Callable | None = None):
+        root = Path(root)
+        if not (root / "test_batch").exists() and (root / "cifar-10-batches-py").is_dir():
+            root = root / "cifar-10-batches-py"
+        batches = [read_cifar10_batch(root / name) for name in (CIFAR10_TRAIN if train else CIFAR10_TEST)]
+        self.images = np.concatenate([images for images, _ in batches])
+        self.labels = np.concatenate([labels for _, labels in batches])
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        image = self.images[index].astype(np.float32)
+        if self.transform is not None:
+            image, _ = self.transform(image, None)
+        return image, int(self.labels[index])

