@@ -260,3 +260,25 @@ def test_demo_from_a_checkpoint_alone_uses_the_config_saved_in_it(experiment, tm
     # without a config anywhere, the error says what to give
     assert demo_tool.main(["--checkpoint", str(experiment / "exp" / "model" / "final.pth"), "--image", str(image)]) == 2
     assert "holds no config; give --config" in capsys.readouterr().err
+
+
+def test_a_class_absent_from_prediction_and_labels_is_excluded_or_zero(experiment, tmp_path, capsys):
+    # predictions and labels of classes 0 and 1 only, scored with has_prediction
+    (tmp_path / "labels").mkdir()
+    gray = tmp_path / "result" / "val" / "ss" / "gray"
+    gray.mkdir(parents=True)
+    label = np.array([[0, 0, 1, 1], [0, 1, 1, 255]], np.uint8)
+    cv2.imwrite(str(tmp_path / "labels" / "a.png"), label)
+    cv2.imwrite(str(gray / "a.png"), np.array([[0, 1, 1, 1], [0, 1, 0, 0]], np.uint8))
+    (tmp_path / "list.txt").write_text("images/a.jpg labels/a.png\n")
+    common = ["has_prediction", "true", "data_root", str(tmp_path), "test_list", str(tmp_path / "list.txt")]
+    common += ["save_folder", str(tmp_path / "result")]
+    metrics = tmp_path / "result" / "val" / "ss" / "metrics.csv"
+    assert run(experiment, *common) == 0
+    rows = {row[0]: row[1:] for row in read_csv(metrics)}
+    assert rows["sky"] == ["nan", "nan"] and float(rows["mIoU"][0]) == pytest.approx((2 / 4 + 3 / 5) / 2)
+    assert "mIoU leaves out 1 of 3 classes" in capsys.readouterr().out
+    assert run(experiment, *common, "absent_classes", "zero") == 0
+    rows = {row[0]: row[1:] for row in read_csv(metrics)}
+    assert rows["sky"] == ["0.000000", "0.000000"] and float(rows["mIoU"][0]) == pytest.approx((2 / 4 + 3 / 5) / 3)
+    assert float(rows["allAcc"][1]) == pytest.approx(5 / 7)
