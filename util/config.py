@@ -105,7 +105,7 @@ SCHEMA: dict[str, Key] = {
         ("power", float, 0.9, "exponent of the poly schedule"),
         ("momentum", float, 0.9, "SGD momentum"),
         ("weight_decay", float, 0.0001, "SGD weight decay"),
-        ("amp", bool, False, "mixed-precision training with a gradient scaler"),
+        ("amp", bool, False, "mixed precision on CUDA: training with a gradient scaler, and testing"),
         ("manual_seed", int, None, "seed of every random generator; null: not seeded"),
         ("print_freq", int, 10, "log every this many iterations"),
         ("save_freq", int, 1, "write a checkpoint every this many epochs"),
@@ -139,7 +139,7 @@ SCHEMA: dict[str, Key] = {
         ("test_w", int, 473, "width of the sliding-window crops at test time"),
         ("scales", list, [1.0], "test scales whose predictions are averaged", float),
         ("flip", bool, True, "also average the prediction of the horizontally flipped image"),
-        ("batch_size_test", int, 1, "images per batch at test time"),
+        ("batch_size_test", int, 1, "sliding windows per forward pass at test time (each with its flip)"),
         ("has_prediction", bool, False, "predictions already exist in save_folder: only score them"),
         ("index_start", int, 0, "first list entry to test"),
         ("index_step", int, 0, "number of list entries to test from index_start; 0: all"),
@@ -148,6 +148,12 @@ SCHEMA: dict[str, Key] = {
         ("save_folder", str, None, "predictions and scores; null: result/ beside save_path"),
         ("colors_path", str, None, "class colours; null: dataset/<dataset>/<dataset>_colors.txt"),
         ("names_path", str, None, "class names; null: dataset/<dataset>/<dataset>_names.txt"),
+        (
+            "absent_classes",
+            str,
+            "exclude",
+            "a class absent from prediction and ground truth: exclude (NaN, left out of mIoU) or zero (semseg)",
+        ),
     ),
 }
 
@@ -416,6 +422,10 @@ def _problems(cfg: CfgNode) -> list[str]:
     need(len(cfg.scales) >= 1 and all(s > 0 for s in cfg.scales), f"scales must be positive, got {cfg.scales}")
     need(all(math.isfinite(v) for v in cfg.values() if isinstance(v, float)), "numbers must be finite")
     need(cfg.split in ("train", "val", "test"), f"split must be train, val or test, got {cfg.split!r}")
+    need(
+        cfg.absent_classes in ("exclude", "zero"),
+        f"absent_classes must be exclude or zero, got {cfg.absent_classes!r}",
+    )
     need(cfg.dist_backend in ("nccl", "gloo"), f"dist_backend must be nccl or gloo, got {cfg.dist_backend!r}")
     need(bool(re.fullmatch(r"[\w.-]+", cfg.dataset)), f"dataset must be a plain name, got {cfg.dataset!r}")
     return problems
