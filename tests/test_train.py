@@ -57,14 +57,13 @@ def test_tensorboard_has_losses_metrics_pruning_statistics_histograms_and_images
     assert train(config) == 0
     events = list((tmp_path / "exp").glob("events.out.tfevents.*"))
     assert len(events) == 1
-    scalars = read_scalars(events[0])
+    scalars = read_scalars(tmp_path / "exp")
     for tag in ("train/loss_iter", "train/lr", "train/loss", "train/mIoU", "train/mAcc", "train/allAcc"):
         assert tag in scalars, tag
     for tag in ("val/loss", "val/mIoU", "acosp/temperature/mean", "acosp/kept_channels", "acosp/undecided/mean"):
         assert tag in scalars, tag
     assert len(scalars["train/loss_iter"]) == 4 and len(scalars["val/mIoU"]) == 2
-    raw = events[0].read_bytes()
-    assert b"acosp/logits/enc1.0.0" in raw and b"val/image_truth_prediction" in raw
+    assert "acosp/logits/enc1.0.0" in scalars and "val/image_truth_prediction" in scalars
 
 
 def test_resumed_run_equals_the_uninterrupted_one(tmp_path):
@@ -118,7 +117,7 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, 
 
 def test_setup_errors_come_before_training(tmp_path):
     config = write_config(tmp_path)
-    with pytest.raises(ValueError, match="nowhere.txt"):
+    with pytest.raises(FileNotFoundError, match="nowhere.txt: list file not found"):
         train(config, "train_list", tmp_path / "nowhere.txt")
     blocker = tmp_path / "a_file"
     blocker.write_text("")
