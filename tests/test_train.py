@@ -155,3 +155,12 @@ def test_cifar10_training_on_fabricated_batches(tmp_path):
     assert final["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi / 2)))
     scalars = read_scalars(tmp_path / "exp")
     assert len(scalars["val/accuracy"]) == 2 and len(scalars["train/accuracy"]) == 2
+
+
+def test_stray_label_values_stop_the_run_before_the_first_iteration(tmp_path, monkeypatch):
+    config = write_config(tmp_path, classes=3, ignore_label=3)  # the labels use 255 for ignore
+    steps = []
+    monkeypatch.setattr(train_tool, "train_epoch", lambda *args: steps.append(args))
+    with pytest.raises(ValueError, match=r"labels/0\.png: label values \[255\] are neither class ids"):
+        train(config)
+    assert not steps
