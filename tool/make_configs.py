@@ -119,6 +119,25 @@ RECIPES = {
         val_list="data/camvid/val.txt",
         test_list="data/camvid/test.txt",
     ),
+    ("cifar10", "resnet18"): dict(
+        arch="resnet18",
+        classes=10,
+        mean=[125.307, 122.961, 113.8575],
+        std=[51.5865, 50.847, 51.255],
+        optimizer="adam",
+        base_lr=0.01,
+        weight_decay=0.0001,
+        lr_schedule="cosine",
+        lr_update="epoch",
+        head_lr_factor=1.0,
+        aux_weight=0.0,
+        epochs=50,
+        ending_epoch=10,
+        batch_size=512,
+        batch_size_val=512,
+        manual_seed=1,
+        evaluate=True,
+    ),
 }
 
 

@@ -24,7 +24,7 @@ from acosp.inject import hard_to_conv, soft_to_hard_k  # noqa: E402
 from model import build_model, describe_arch  # noqa: E402
 from util.checkpoint import load_checkpoint, load_network_state, model_from_checkpoint, save_checkpoint  # noqa: E402
 from util.config import load_config, save_config  # noqa: E402
-from util.distributed import barrier, close_processes, init_processes  # noqa: E402
+from util.distributed import barrier, close_processes, init_processes, masks_agree  # noqa: E402
 from util.metrics import training_metrics  # noqa: E402
 from util.optimizer import build_optimizer, drop_stale_parameters  # noqa: E402
 from util.tensorboard import RunLog, pruning_logs, read_palette  # noqa: E402
@@ -212,6 +212,10 @@ def main(argv=None) -> int:
                 run_log.images(val.samples, palette, cfg.mean, cfg.std, epoch + 1)
                 logger.info("epoch %d/%d val loss %.4f %s", epoch + 1, cfg.epochs, val.loss, _summary(val.metrics))
                 best = {"epoch": epoch + 1, **val.metrics} if _better(val.metrics, best) else best
+            if processes.distributed and pruner is not None:
+                if not masks_agree(model):
+                    raise TrainingError(f"epoch {epoch + 1}: the masks differ between processes")
+                logger.info("epoch %d: masks agree across %d processes", epoch + 1, processes.world_size)
             logs = pruning_logs(pruner, model, run_log, epoch + 1)
             run_log.mask_logits(model, epoch + 1)
             if logs:

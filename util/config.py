@@ -79,6 +79,7 @@ SCHEMA: dict[str, Key] = {
         ("arch", str, REQUIRED, "network: psp, segnet or resnet18"),
         ("layers", int, 50, "ResNet depth of PSPNet: 50, 101 or 152"),
         ("deep_base", bool, True, "PSPNet's ResNet starts with three 3x3 convs instead of one 7x7"),
+        ("width", float, 1.0, "channel multiplier of SegNet and ResNet18 in (0, 1]: 1 is the published network"),
         ("pretrained_weights", str, None, "ImageNet weights of the backbone (a file), or null"),
         ("sync_bn", bool, True, "synchronise BatchNorm statistics across processes"),
         ("train_h", int, 473, "crop height for training"),
@@ -96,7 +97,9 @@ SCHEMA: dict[str, Key] = {
         ("batch_size_val", int, 8, "evaluation batch size during training, summed over all processes"),
         ("base_lr", float, 0.01, "learning rate of the backbone; the head's is head_lr_factor times larger"),
         ("head_lr_factor", float, 10.0, "learning-rate multiplier of the layers that are not the backbone"),
+        ("optimizer", str, "sgd", "sgd (with momentum) or adam"),
         ("lr_schedule", str, "poly", "poly: base_lr * (1 - iter/max_iter) ** power; cosine: cosine annealing"),
+        ("lr_update", str, "iteration", "the learning rate changes every iteration or every epoch"),
         ("epochs", int, 100, "training epochs"),
         ("start_epoch", int, 0, "first epoch (a resumed run takes it from the checkpoint)"),
         ("power", float, 0.9, "exponent of the poly schedule"),
@@ -395,6 +398,9 @@ def _problems(cfg: CfgNode) -> list[str]:
     need(cfg.power > 0, f"power must be positive, got {cfg.power}")
     need(0 <= cfg.momentum < 1, f"momentum must be in [0, 1), got {cfg.momentum}")
     need(cfg.lr_schedule in ("poly", "cosine"), f"lr_schedule must be poly or cosine, got {cfg.lr_schedule!r}")
+    need(cfg.optimizer in ("sgd", "adam"), f"optimizer must be sgd or adam, got {cfg.optimizer!r}")
+    need(cfg.lr_update in ("iteration", "epoch"), f"lr_update must be iteration or epoch, got {cfg.lr_update!r}")
+    need(0 < cfg.width <= 1, f"width must be in (0, 1], got {cfg.width}")
     need(cfg.start_epoch <= cfg.epochs, f"start_epoch {cfg.start_epoch} is after the last epoch ({cfg.epochs})")
     need(
         cfg.keep_checkpoints is None or cfg.keep_checkpoints >= 1,

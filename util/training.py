@@ -92,10 +92,14 @@ def segmentation_transforms(cfg: Any, train: bool) -> transform.Compose:
 
 
 def cifar_transforms(cfg: Any, train: bool) -> transform.Compose:
-    """Random 32x32 crop of the image padded by 4, and a horizontal flip, for training."""
+    """A random 32x32 crop of the image padded by 4 black pixels, and a horizontal flip, for training."""
     steps = []
     if train:
-        steps += [transform.Crop([32, 32], crop_type="rand", padding=0.0, border=4), transform.RandomHorizontalFlip()]
+        steps += [
+            transform.Crop([40, 40], padding=0.0),  # pads 4 on every side
+            transform.Crop([32, 32], crop_type="rand"),
+            transform.RandomHorizontalFlip(),
+        ]
     return transform.Compose([*steps, transform.ToTensor(), transform.Normalize(cfg.mean, cfg.std)])
 
 
@@ -222,7 +226,10 @@ def train_epoch(model: nn.Module, loader: DataLoader, epoch: int, context: StepC
     bar = progress_bar(loader, processes, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
     for i, (x, y) in enumerate(bar):
         iteration = epoch * iterations + i
-        lr = learning_rate(cfg.lr_schedule, cfg.base_lr, iteration, context.max_iterations, cfg.power)
+        if cfg.lr_update == "epoch":
+            lr = learning_rate(cfg.lr_schedule, cfg.base_lr, epoch, cfg.epochs, cfg.power)
+        else:
+            lr = learning_rate(cfg.lr_schedule, cfg.base_lr, iteration, context.max_iterations, cfg.power)
         set_learning_rate(optimizer, lr)
         x, y = _to_device(x, y, device, channels_last)
         with _autocast(cfg, device):
