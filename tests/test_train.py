@@ -1,5 +1,6 @@
 """tool/train.py end to end on a tiny generated dataset, on the CPU."""
 
+import math
 import os
 import subprocess
 import sys
@@ -7,7 +8,7 @@ import sys
 import pytest
 import torch
 from test_pruner import read_scalars
-from train_helpers import ROOT, load_tool, write_config
+from train_helpers import ROOT, load_tool, write_cifar_config, write_config
 
 from acosp.masks import num_kept_channels
 from util.checkpoint import model_from_checkpoint
@@ -141,3 +142,25 @@ def test_two_process_ddp_run_keeps_masks_identical(tmp_path):
     assert "masks agree across 2 processes" in result.stdout
     final = torch.load(tmp_path / "exp" / "model" / "final.pth", weights_only=True)
     assert final["epoch"] == 2 and final["pruner"]["finished"]
+
+
+def test_cifar10_training_on_fabricated_batches(tmp_path):
+    config = write_cifar_config(tmp_path)
+    assert train(config) == 0
+    final = torch.load(tmp_path / "exp" / "model" / "final.pth", weights_only=True)
+    assert final["arch"] == {"arch": "resnet18", "classes": 10, "width": 0.125}
+    assert final["best"]["epoch"] in (1, 2) and 0 <= final["best"]["accuracy"] <= 1
+    masks = masks_of(final["state_dict"])
+    assert len(masks) == 20 and all(m.sum() == num_kept_channels(m.numel(), 0.5, 2) for m in masks.values())
+    assert final["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi / 2)))
+    scalars = read_scalars(tmp_path / "exp")
+    assert len(scalars["val/accuracy"]) == 2 and len(scalars["train/accuracy"]) == 2
+
+
+def test_stray_label_values_stop_the_run_before_the_first_iteration(tmp_path, monkeypatch):
+    config = write_config(tmp_path, classes=3, ignore_label=3)  # the labels use 255 for ignore
+    steps = []
+    monkeypatch.setattr(train_tool, "train_epoch", lambda *args: steps.append(args))
+    with pytest.raises(ValueError, match=r"labels/0\.png: label values \[255\] are neither class ids"):
+        train(config)
+    assert not steps

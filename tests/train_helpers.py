@@ -82,3 +82,46 @@ def write_config(tmp_path: Path, **overrides) -> Path:
     path = tmp_path / "tiny_segnet.yaml"
     path.write_text(yaml.safe_dump(sections, sort_keys=False))
     return path
+
+
+def make_cifar10_batches(root: Path, per_batch: int = 8, seed: int = 0) -> None:
+    """CIFAR-10 python batch files (data_batch_1..5, test_batch) of a few images each; class = brightest channel."""
+    import pickle
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = rng.integers(0, 3, per_batch)
+        images = rng.integers(0, 100, (per_batch, 3, 32, 32)).astype(np.uint8)
+        images[np.arange(per_batch), labels] += 150
+        batch = {b"data": images.reshape(per_batch, -1), b"labels": labels.tolist()}
+        (root / name).write_bytes(pickle.dumps(batch, protocol=2))
+
+
+def write_cifar_config(tmp_path: Path, **overrides) -> Path:
+    """CIFAR-10 with a narrow ResNet18: one epoch on the fabricated batches, pruning at sparsity 0.5."""
+    make_cifar10_batches(tmp_path / "cifar")
+    train = {
+        "arch": "resnet18",
+        "width": 0.125,
+        "optimizer": "adam",
+        "lr_schedule": "cosine",
+        "lr_update": "epoch",
+        "workers": 0,
+        "batch_size": 16,
+        "batch_size_val": 16,
+        "epochs": 2,
+        "sparsity": 0.5,
+        "ending_epoch": 1,
+        "min_remaining_elements": 2,
+        "evaluate": True,
+        "manual_seed": 1,
+        "head_lr_factor": 1.0,
+        "aux_weight": 0.0,
+        "save_path": str(tmp_path / "exp" / "model"),
+        **overrides,
+    }
+    sections = {"DATA": {"dataset": "cifar10", "data_root": str(tmp_path / "cifar"), "classes": 10}, "TRAIN": train}
+    path = tmp_path / "cifar10_resnet18.yaml"
+    path.write_text(yaml.safe_dump(sections, sort_keys=False))
+    return path

@@ -151,7 +151,7 @@ def experiments() -> dict[Path, str]:
             values["save_path"] = f"exp/{dataset}/{name}/model"
             path = ROOT / "config" / dataset / f"{dataset}_{name}.yaml"
             cfg = build_config(values, source=str(path))
-            out[path] = HEADER + to_yaml(cfg)
+            out[path] = HEADER + to_yaml({**cfg, "save_folder": None})  # follows save_path when that is overridden
     return out
 
 

@@ -118,6 +118,9 @@ def build_datasets(cfg: Any) -> tuple[Dataset, Dataset | None]:
         if cfg.val_list is None:
             raise ValueError(f"{cfg.source}: evaluate is true but val_list is not set")
         val = SemData.from_config(cfg, "val_list", segmentation_transforms(cfg, False))
+    for dataset in (train, val):
+        if dataset is not None and len(dataset):
+            dataset[0]  # a first sample through reading and augmentation: label or size errors show now
     return train, val
 
 
