@@ -173,7 +173,7 @@ def test_a_missing_image_is_reported_the_others_evaluated_and_the_exit_is_nonzer
     check_csv_against_pngs(result, experiment, names=("img0", "img2"))
 
 
-def test_a_checkpoint_that_does_not_fit_names_the_keys(experiment, capsys):
+def test_a_checkpoint_or_list_that_cannot_be_used_stops_with_status_2(experiment, capsys):
     model = build_model(ARCH)
     state = model.state_dict()
     state["dec1.1.weight"] = torch.zeros(5, 8, 3, 3)  # a classifier for 5 classes
@@ -185,6 +185,10 @@ def test_a_checkpoint_that_does_not_fit_names_the_keys(experiment, capsys):
     assert "missing keys: enc1.0.1.running_var" in printed and "wrong shapes: dec1.1.weight" in printed
     assert run(experiment, "model_path", str(experiment / "nothing.pth")) == 2
     assert f"checkpoint {experiment / 'nothing.pth'} does not exist" in capsys.readouterr().out
+    assert run(experiment, "test_list", str(experiment / "no_list.txt")) == 2
+    assert f"{experiment / 'no_list.txt'}: list file not found" in capsys.readouterr().out
+    assert run(experiment, "index_start", "3") == 2
+    assert "index_start 3 is outside the list's 3 entries" in capsys.readouterr().out
 
 
 def test_test_sh_finds_the_experiment_and_reports_bad_arguments(experiment, tmp_path):

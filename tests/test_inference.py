@@ -42,7 +42,7 @@ def test_overlapping_windows_of_a_pointwise_network_equal_the_whole_image(batch_
 
 
 def test_a_window_that_covers_the_image_equals_one_whole_image_forward():
-    model = build_model({"arch": "segnet", "classes": 3}).eval()
+    model = build_model({"arch": "segnet", "classes": 3, "width": 0.25}).eval()
     image = random_image(32, 48)
     for flip in (True, False):
         predictor = SlidingWindowPredictor(model, 3, crop_size=(32, 48), base_size=48, flip=flip)
@@ -86,13 +86,13 @@ def test_multi_scale_and_flip_run_and_average_probabilities():
     assert not torch.allclose(probabilities, single.probabilities(image))
 
 
-def test_pspnet_windows_and_the_network_mode_is_restored():
-    model = build_model({"arch": "psp", "layers": 50, "classes": 3, "zoom_factor": 8})
+def test_the_network_runs_in_eval_mode_and_gets_its_mode_back():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Conv2d(4, 3, 1))
     model.train()
-    predictor = SlidingWindowPredictor(model, 3, crop_size=33, base_size=40, scales=[1.0], batch_size=2)
-    probabilities = predictor.probabilities(random_image(30, 40))
-    assert probabilities.shape == (3, 30, 40) and model.training
-    torch.testing.assert_close(probabilities.sum(0), torch.ones(30, 40))
+    predictor = SlidingWindowPredictor(model, 3, crop_size=9, base_size=20, batch_size=3)
+    probabilities = predictor.probabilities(random_image(15, 20))
+    assert model.training and torch.equal(model[1].num_batches_tracked, torch.tensor(0))  # BatchNorm untouched
+    torch.testing.assert_close(probabilities.sum(0), torch.ones(15, 20))
 
 
 def test_wrong_network_or_settings_are_errors():

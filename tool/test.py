@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("checkpoint %s", model_path)
             model = model_from_checkpoint(repo_path(model_path), cfg, map_location=device)
         result = evaluate(cfg, model, device)
-    except (CheckpointError, ConfigError) as error:
+    except (CheckpointError, ConfigError, OSError, ValueError) as error:  # nothing was tested
         logger.error("%s", error)
         return 2
     finally:
