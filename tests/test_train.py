@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 from test_pruner import read_scalars
-from train_helpers import ROOT, load_tool, write_cifar_config, write_config
+from train_helpers import CIFAR_MEAN, CIFAR_STD, ROOT, load_tool, write_cifar_config, write_config
 
 from acosp.masks import num_kept_channels
 from util.checkpoint import model_from_checkpoint
@@ -164,3 +164,21 @@ def test_stray_label_values_stop_the_run_before_the_first_iteration(tmp_path, mo
     with pytest.raises(ValueError, match=r"labels/0\.png: label values \[255\] are neither class ids"):
         train(config)
     assert not steps
+
+
+def test_cifar10_test_script_scores_the_test_batch(tmp_path):
+    config = write_cifar_config(tmp_path, epochs=1, ending_epoch=1)
+    assert train(config) == 0
+    test_tool = load_tool("test")
+    assert test_tool.main(["--config", str(config), "--device", "cpu"]) == 0
+    rows = (tmp_path / "exp" / "result" / "test" / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "name,Acc" and rows[1].startswith("airplane,") and rows[-1].startswith("accuracy,")
+    model = model_from_checkpoint(tmp_path / "exp" / "model" / "final.pth")
+    from util.dataset import Cifar10
+    from util.training import cifar_transforms
+
+    cfg = type("Cfg", (), {"mean": CIFAR_MEAN, "std": CIFAR_STD})
+    images, labels = zip(*Cifar10(tmp_path / "cifar", train=False, transform=cifar_transforms(cfg, False)))
+    with torch.no_grad():
+        expected = (model(torch.stack(images)).argmax(1) == torch.tensor(labels)).float().mean().item()
+    assert float(rows[-1].split(",")[1]) == pytest.approx(expected, abs=1e-4)

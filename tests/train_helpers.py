@@ -10,6 +10,7 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+CIFAR_MEAN, CIFAR_STD = [125.307, 122.961, 113.8575], [51.5865, 50.847, 51.255]
 
 
 def load_tool(name: str):
@@ -121,7 +122,14 @@ def write_cifar_config(tmp_path: Path, **overrides) -> Path:
         "save_path": str(tmp_path / "exp" / "model"),
         **overrides,
     }
-    sections = {"DATA": {"dataset": "cifar10", "data_root": str(tmp_path / "cifar"), "classes": 10}, "TRAIN": train}
+    data = {
+        "dataset": "cifar10",
+        "data_root": str(tmp_path / "cifar"),
+        "classes": 10,
+        "mean": CIFAR_MEAN,
+        "std": CIFAR_STD,
+    }
+    sections = {"DATA": data, "TRAIN": train}
     path = tmp_path / "cifar10_resnet18.yaml"
     path.write_text(yaml.safe_dump(sections, sort_keys=False))
     return path

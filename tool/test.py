@@ -1,5 +1,7 @@
 """Test a segmentation network on a config's test_list: predictions as PNGs, scores as a CSV.
 
+A CIFAR-10 classifier (arch resnet18) is scored on the test batch instead: accuracy per class and overall.
+
     sh tool/test.sh cityscapes pspnet50 [key value ...]
     python tool/test.py --config config/cityscapes/cityscapes_pspnet50.yaml [key value ...]
     torchrun --nproc_per_node 4 tool/test.py --config ...      # each process takes a share
@@ -22,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from util.checkpoint import CheckpointError, model_from_checkpoint  # noqa: E402
+from util.classification_test import test_classifier  # noqa: E402
 from util.config import ConfigError, load_config, repo_path  # noqa: E402
 from util.distributed import close_processes, init_processes  # noqa: E402
 from util.evaluate import evaluate  # noqa: E402
@@ -73,6 +76,14 @@ def main(argv: list[str] | None = None) -> int:
             model_path = cfg.model_path or str(Path(cfg.save_path) / "final.pth")
             logger.info("checkpoint %s", model_path)
             model = model_from_checkpoint(repo_path(model_path), cfg, map_location=device)
+        if cfg.arch == "resnet18":  # CIFAR-10: accuracy on the test batch
+            if model is None:
+                raise ConfigError(f"{cfg.source}: has_prediction applies to segmentation, not to arch resnet18")
+            summary = test_classifier(cfg, model, device)
+            logger.info(
+                "done: accuracy %.4f on %d images, table in %s", summary["accuracy"], summary["images"], summary["csv"]
+            )
+            return 0
         result = evaluate(cfg, model, device)
     except (CheckpointError, ConfigError, OSError, ValueError) as error:  # nothing was tested
         logger.error("%s", error)

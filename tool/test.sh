@@ -3,7 +3,7 @@
 #
 # Reads config/DATASET/DATASET_EXP.yaml, the checkpoint exp/DATASET/EXP/model/final.pth (or
 # model_path) and writes exp/DATASET/EXP/result/. NPROC=4 runs four processes under torchrun.
-# PYTHON picks the interpreter (default: python).
+# PYTHON picks the interpreter (default: python), DEVICE the device (auto, cpu or cuda; default auto).
 set -e
 if [ "$#" -lt 2 ]; then
     echo "usage: sh tool/test.sh DATASET EXP [key value ...]" >&2
@@ -20,9 +20,9 @@ if [ ! -f "$config" ]; then
 fi
 folder=exp/$dataset/$exp
 if [ "${NPROC:-1}" -gt 1 ]; then
-    set -- -m torch.distributed.run --standalone --nproc_per_node "$NPROC" tool/test.py --config "$config" \
+    set -- -m torch.distributed.run --standalone --nproc_per_node "$NPROC" tool/test.py --config "$config" --device "${DEVICE:-auto}" \
         save_path "$folder/model" save_folder "$folder/result" "$@"
 else
-    set -- tool/test.py --config "$config" save_path "$folder/model" save_folder "$folder/result" "$@"
+    set -- tool/test.py --config "$config" --device "${DEVICE:-auto}" save_path "$folder/model" save_folder "$folder/result" "$@"
 fi
 exec "${PYTHON:-python}" -u "$@"

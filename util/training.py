@@ -29,9 +29,6 @@ from util import transform
 from util.distributed import Processes, all_reduce_sum, any_rank
 from util.optimizer import learning_rate, set_learning_rate
 
-CIFAR_MEAN = [125.307, 122.961, 113.8575]
-CIFAR_STD = [51.5865, 50.847, 51.255]
-
 
 class TrainingError(RuntimeError):
     """Training cannot go on (a NaN loss, an unwritable folder); the message says where and what is kept."""
