@@ -67,8 +67,9 @@ def test_tensorboard_has_losses_metrics_pruning_statistics_histograms_and_images
     assert "acosp/logits/enc1.0.0" in scalars and "val/image_truth_prediction" in scalars
 
 
-def test_resumed_run_equals_the_uninterrupted_one(tmp_path):
-    config = write_config(tmp_path)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resumed_run_equals_the_uninterrupted_one(tmp_path, workers):
+    config = write_config(tmp_path, workers=workers)  # 2: persistent worker processes
     assert train(config) == 0
     model_dir = tmp_path / "exp" / "model"
     resumed_dir = tmp_path / "resumed" / "model"

@@ -40,7 +40,6 @@ from util.training import (  # noqa: E402
     restore_rng_state,
     rng_state,
     seed_epoch,
-    start_epoch,
     train_epoch,
     validate,
 )
@@ -200,7 +199,7 @@ def main(argv=None) -> int:
                 dropped = drop_stale_parameters(optimizer, model)
                 logger.info("epoch %d: masks hardened; the optimizer dropped %d mask logits", epoch + 1, dropped)
             seed_epoch(seed, epoch)
-            start_epoch(train_loader, train_sampler, seed, epoch)
+            train_sampler.set_epoch(epoch)
             result = train_epoch(model, train_loader, epoch, context, training_metrics(cfg, device))
             if pruner is not None:
                 pruner.update_mask_layers(model, epoch)
