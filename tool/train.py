@@ -169,12 +169,12 @@ def main(argv=None) -> int:
     if resumed is not None:
         load_network_state(model, {k.removeprefix("module."): v for k, v in resumed["state_dict"].items()}, resume_path)
     model.to(device)
+    if device.type == "cuda" and cfg.amp:
+        model = model.to(memory_format=torch.channels_last)  # tensor cores prefer NHWC in float16
     if processes.distributed:
         if device.type == "cuda" and cfg.sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if device.type == "cuda" and cfg.amp:
-        model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=bool(cfg.amp) and device.type == "cuda")
     first_epoch, best = cfg.start_epoch, {}
