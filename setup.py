@@ -24,6 +24,7 @@ setup(
         "torch>=2.0",
         "numpy",
         "opencv-python-headless",
+        "pillow",
         "pyyaml",
         "tensorboardX",
         "tqdm",

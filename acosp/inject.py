@@ -26,10 +26,11 @@ class UnprunableConv2d(nn.Conv2d):
 class MaskedConv(nn.Sequential):
     """A conv followed by the mask of its output channels (before any BatchNorm).
 
-    ``conv(x) * mask`` is computed as a conv with filters and bias scaled by the mask: the same
-    function, without an extra pass over the activations and without keeping the unmasked
-    output for the backward pass. Convs with their own ``forward``, hooks or extra arguments take
-    the literal route, ``mask_layer(conv(x))``.
+    ``conv(x) * mask`` costs passes over whichever tensor the mask multiplies, forward and
+    backward. So each call multiplies the smaller one: the filters and bias (large feature maps,
+    the usual case) or the conv's output (small feature maps under wide filters, like PSPNet's
+    head at small crops). Both compute the same function. Convs with their own ``forward``, hooks
+    or extra arguments take the literal route, ``mask_layer(conv(x))``.
     """
 
     def __init__(self, conv: nn.Module, mask: nn.Module):
@@ -40,15 +41,18 @@ class MaskedConv(nn.Sequential):
         if args or kwargs or conv._forward_hooks or conv._forward_pre_hooks:
             return mask_layer(conv(x, *args, **kwargs))
         forward = type(conv).forward
-        if forward is nn.Conv2d.forward:
-            weight, bias = _scaled_parameters(conv, mask_layer.channel_scale())
-            return conv._conv_forward(x, weight, bias)
-        if forward is nn.ConvTranspose2d.forward and conv.padding_mode == "zeros":
-            weight, bias = _scaled_parameters(conv, mask_layer.channel_scale())
+        transposed = forward is nn.ConvTranspose2d.forward and conv.padding_mode == "zeros"
+        if forward is not nn.Conv2d.forward and not transposed:
+            return mask_layer(conv(x))
+        scale = mask_layer.channel_scale()
+        if _output_is_smaller_than_weight(conv, x):
+            return conv(x) * scale.to(x.dtype).reshape(1, -1, *([1] * (x.dim() - 2)))
+        weight, bias = _scaled_parameters(conv, scale)
+        if transposed:
             return nn.functional.conv_transpose2d(
                 x, weight, bias, conv.stride, conv.padding, conv.output_padding, conv.groups, conv.dilation
             )
-        return mask_layer(conv(x))
+        return conv._conv_forward(x, weight, bias)
 
     @property
     def conv(self) -> nn.Module:
@@ -57,6 +61,16 @@ class MaskedConv(nn.Sequential):
     @property
     def mask_layer(self) -> nn.Module:
         return self[1]
+
+
+def _output_is_smaller_than_weight(conv: nn.Module, x: torch.Tensor) -> bool:
+    """Whether the conv's output has fewer elements than its filters (strides taken into account)."""
+    if isinstance(x, torch.fx.Proxy) or x.dim() != 4:
+        return False  # symbolic tracing sees no sizes: keep the filter route
+    positions = x.shape[0] * x.shape[2] * x.shape[3]
+    stride = conv.stride[0] * conv.stride[1]
+    positions = positions * stride if isinstance(conv, nn.ConvTranspose2d) else positions // stride
+    return positions * conv.out_channels < conv.weight.numel()
 
 
 def unwrap(model: nn.Module) -> nn.Module:

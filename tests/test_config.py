@@ -238,7 +238,9 @@ def test_every_dataset_and_network_is_shipped_dense_and_at_four_sparsities():
     for experiment in ("cityscapes/cityscapes_segnet", "camvid/camvid_segnet"):
         for suffix in ("", "_0.5", "_0.75", "_0.875", "_0.9375"):
             assert f"{experiment}{suffix}.yaml" in names
-    assert len(names) == 25
+    for suffix in ("", "_0.5", "_0.75", "_0.875", "_0.9375"):
+        assert f"cifar10/cifar10_resnet18{suffix}.yaml" in names
+    assert len(names) == 30
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda path: path.stem)
@@ -250,7 +252,9 @@ def test_shipped_config_validates(path):
     assert cfg.save_path == f"exp/{cfg.dataset}/{path.stem.removeprefix(cfg.dataset + '_')}/model"
     assert cfg.names_path == f"dataset/{cfg.dataset}/{cfg.dataset}_names.txt"
     assert cfg.path("names_path").is_file() and cfg.path("colors_path").is_file()
-    assert cfg.train_list.startswith(f"data/{cfg.dataset}/") and cfg.data_root == f"data/{cfg.dataset}"
+    assert cfg.data_root == f"data/{cfg.dataset}"
+    if cfg.arch != "resnet18":  # CIFAR-10 reads its batch files, no list
+        assert cfg.train_list.startswith(f"data/{cfg.dataset}/")
     assert cfg.base_lr == 0.01 and cfg.momentum == 0.9 and cfg.power == 0.9 and cfg.scales == [1.0]
 
 

@@ -79,7 +79,7 @@ def test_the_wheel_ships_only_the_library(tmp_path):
         line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")
     ]
     names = {re.split(r"[<>=; \[]", requirement)[0] for requirement in requirements}
-    assert {"torch", "numpy", "opencv-python-headless", "pyyaml", "tensorboardX", "tqdm", "pytest"} <= names
+    assert {"torch", "numpy", "opencv-python-headless", "pillow", "pyyaml", "tensorboardX", "tqdm", "pytest"} <= names
     assert "torchvision" not in names
 
 

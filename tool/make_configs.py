@@ -119,6 +119,25 @@ RECIPES = {
         val_list="data/camvid/val.txt",
         test_list="data/camvid/test.txt",
     ),
+    ("cifar10", "resnet18"): dict(
+        arch="resnet18",
+        classes=10,
+        mean=[125.307, 122.961, 113.8575],
+        std=[51.5865, 50.847, 51.255],
+        optimizer="adam",
+        base_lr=0.01,
+        weight_decay=0.0001,
+        lr_schedule="cosine",
+        lr_update="epoch",
+        head_lr_factor=1.0,
+        aux_weight=0.0,
+        epochs=50,
+        ending_epoch=10,
+        batch_size=512,
+        batch_size_val=512,
+        manual_seed=1,
+        evaluate=True,
+    ),
 }
 
 
@@ -132,7 +151,7 @@ def experiments() -> dict[Path, str]:
             values["save_path"] = f"exp/{dataset}/{name}/model"
             path = ROOT / "config" / dataset / f"{dataset}_{name}.yaml"
             cfg = build_config(values, source=str(path))
-            out[path] = HEADER + to_yaml(cfg)
+            out[path] = HEADER + to_yaml({**cfg, "save_folder": None})  # follows save_path when that is overridden
     return out
 
 

@@ -24,7 +24,7 @@ from acosp.inject import hard_to_conv, soft_to_hard_k  # noqa: E402
 from model import build_model, describe_arch  # noqa: E402
 from util.checkpoint import load_checkpoint, load_network_state, model_from_checkpoint, save_checkpoint  # noqa: E402
 from util.config import load_config, save_config  # noqa: E402
-from util.distributed import barrier, close_processes, init_processes  # noqa: E402
+from util.distributed import barrier, close_processes, init_processes, masks_agree  # noqa: E402
 from util.metrics import training_metrics  # noqa: E402
 from util.optimizer import build_optimizer, drop_stale_parameters  # noqa: E402
 from util.tensorboard import RunLog, pruning_logs, read_palette  # noqa: E402
@@ -40,7 +40,6 @@ from util.training import (  # noqa: E402
     restore_rng_state,
     rng_state,
     seed_epoch,
-    start_epoch,
     train_epoch,
     validate,
 )
@@ -170,12 +169,12 @@ def main(argv=None) -> int:
     if resumed is not None:
         load_network_state(model, {k.removeprefix("module."): v for k, v in resumed["state_dict"].items()}, resume_path)
     model.to(device)
+    if device.type == "cuda" and cfg.amp:
+        model = model.to(memory_format=torch.channels_last)  # tensor cores prefer NHWC in float16
     if processes.distributed:
         if device.type == "cuda" and cfg.sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if device.type == "cuda" and cfg.amp:
-        model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=bool(cfg.amp) and device.type == "cuda")
     first_epoch, best = cfg.start_epoch, {}
@@ -200,7 +199,7 @@ def main(argv=None) -> int:
                 dropped = drop_stale_parameters(optimizer, model)
                 logger.info("epoch %d: masks hardened; the optimizer dropped %d mask logits", epoch + 1, dropped)
             seed_epoch(seed, epoch)
-            start_epoch(train_loader, train_sampler, seed, epoch)
+            train_sampler.set_epoch(epoch)
             result = train_epoch(model, train_loader, epoch, context, training_metrics(cfg, device))
             if pruner is not None:
                 pruner.update_mask_layers(model, epoch)
@@ -212,6 +211,10 @@ def main(argv=None) -> int:
                 run_log.images(val.samples, palette, cfg.mean, cfg.std, epoch + 1)
                 logger.info("epoch %d/%d val loss %.4f %s", epoch + 1, cfg.epochs, val.loss, _summary(val.metrics))
                 best = {"epoch": epoch + 1, **val.metrics} if _better(val.metrics, best) else best
+            if processes.distributed and pruner is not None:
+                if not masks_agree(model):
+                    raise TrainingError(f"epoch {epoch + 1}: the masks differ between processes")
+                logger.info("epoch %d: masks agree across %d processes", epoch + 1, processes.world_size)
             logs = pruning_logs(pruner, model, run_log, epoch + 1)
             run_log.mask_logits(model, epoch + 1)
             if logs:

@@ -4,7 +4,7 @@
 # uses config/DATASET/DATASET_EXP.yaml and writes exp/DATASET/EXP/. The key value pairs override
 # the config for training and testing alike. NPROC=N starts N processes per machine with torchrun;
 # NNODES, NODE_RANK, MASTER_ADDR and MASTER_PORT spread them over several machines. PYTHON picks
-# the interpreter (default: python).
+# the interpreter (default: python), DEVICE the device (auto, cpu or cuda; default auto).
 set -eu
 
 if [ "$#" -lt 2 ]; then
@@ -23,6 +23,7 @@ fi
 python=${PYTHON:-python}
 nproc=${NPROC:-1}
 nnodes=${NNODES:-1}
+device=${DEVICE:-auto}
 
 status=0
 if [ "$nproc" -gt 1 ] || [ "$nnodes" -gt 1 ]; then
@@ -31,14 +32,14 @@ if [ "$nproc" -gt 1 ] || [ "$nnodes" -gt 1 ]; then
         "$python" -m torch.distributed.run --nproc_per_node="$nproc" --nnodes="$nnodes" \
             --node_rank="${NODE_RANK:?set NODE_RANK for a run on several machines}" \
             --master_addr="${MASTER_ADDR:?set MASTER_ADDR}" --master_port="${MASTER_PORT:?set MASTER_PORT}" \
-            tool/train.py --config "$config" "$@" || status=$?
+            tool/train.py --config "$config" --device "$device" "$@" || status=$?
     else
         # One machine: --standalone finds a free port, so runs side by side do not collide.
         "$python" -m torch.distributed.run --standalone --nproc_per_node="$nproc" \
-            tool/train.py --config "$config" "$@" || status=$?
+            tool/train.py --config "$config" --device "$device" "$@" || status=$?
     fi
 else
-    "$python" tool/train.py --config "$config" "$@" || status=$?
+    "$python" tool/train.py --config "$config" --device "$device" "$@" || status=$?
 fi
 if [ "$status" -ne 0 ]; then
     echo "training failed (exit code $status): not testing" >&2

@@ -79,6 +79,7 @@ SCHEMA: dict[str, Key] = {
         ("arch", str, REQUIRED, "network: psp, segnet or resnet18"),
         ("layers", int, 50, "ResNet depth of PSPNet: 50, 101 or 152"),
         ("deep_base", bool, True, "PSPNet's ResNet starts with three 3x3 convs instead of one 7x7"),
+        ("width", float, 1.0, "channel multiplier of SegNet and ResNet18 in (0, 1]: 1 is the published network"),
         ("pretrained_weights", str, None, "ImageNet weights of the backbone (a file), or null"),
         ("sync_bn", bool, True, "synchronise BatchNorm statistics across processes"),
         ("train_h", int, 473, "crop height for training"),
@@ -96,13 +97,15 @@ SCHEMA: dict[str, Key] = {
         ("batch_size_val", int, 8, "evaluation batch size during training, summed over all processes"),
         ("base_lr", float, 0.01, "learning rate of the backbone; the head's is head_lr_factor times larger"),
         ("head_lr_factor", float, 10.0, "learning-rate multiplier of the layers that are not the backbone"),
+        ("optimizer", str, "sgd", "sgd (with momentum) or adam"),
         ("lr_schedule", str, "poly", "poly: base_lr * (1 - iter/max_iter) ** power; cosine: cosine annealing"),
+        ("lr_update", str, "iteration", "the learning rate changes every iteration or every epoch"),
         ("epochs", int, 100, "training epochs"),
         ("start_epoch", int, 0, "first epoch (a resumed run takes it from the checkpoint)"),
         ("power", float, 0.9, "exponent of the poly schedule"),
         ("momentum", float, 0.9, "SGD momentum"),
         ("weight_decay", float, 0.0001, "SGD weight decay"),
-        ("amp", bool, False, "mixed-precision training with a gradient scaler"),
+        ("amp", bool, False, "mixed precision on CUDA: training with a gradient scaler, and testing"),
         ("manual_seed", int, None, "seed of every random generator; null: not seeded"),
         ("print_freq", int, 10, "log every this many iterations"),
         ("save_freq", int, 1, "write a checkpoint every this many epochs"),
@@ -136,7 +139,7 @@ SCHEMA: dict[str, Key] = {
         ("test_w", int, 473, "width of the sliding-window crops at test time"),
         ("scales", list, [1.0], "test scales whose predictions are averaged", float),
         ("flip", bool, True, "also average the prediction of the horizontally flipped image"),
-        ("batch_size_test", int, 1, "images per batch at test time"),
+        ("batch_size_test", int, 1, "sliding windows per forward pass at test time (each with its flip)"),
         ("has_prediction", bool, False, "predictions already exist in save_folder: only score them"),
         ("index_start", int, 0, "first list entry to test"),
         ("index_step", int, 0, "number of list entries to test from index_start; 0: all"),
@@ -145,6 +148,12 @@ SCHEMA: dict[str, Key] = {
         ("save_folder", str, None, "predictions and scores; null: result/ beside save_path"),
         ("colors_path", str, None, "class colours; null: dataset/<dataset>/<dataset>_colors.txt"),
         ("names_path", str, None, "class names; null: dataset/<dataset>/<dataset>_names.txt"),
+        (
+            "absent_classes",
+            str,
+            "exclude",
+            "a class absent from prediction and ground truth: exclude (NaN, left out of mIoU) or zero (semseg)",
+        ),
     ),
 }
 
@@ -389,6 +398,9 @@ def _problems(cfg: CfgNode) -> list[str]:
     need(cfg.power > 0, f"power must be positive, got {cfg.power}")
     need(0 <= cfg.momentum < 1, f"momentum must be in [0, 1), got {cfg.momentum}")
     need(cfg.lr_schedule in ("poly", "cosine"), f"lr_schedule must be poly or cosine, got {cfg.lr_schedule!r}")
+    need(cfg.optimizer in ("sgd", "adam"), f"optimizer must be sgd or adam, got {cfg.optimizer!r}")
+    need(cfg.lr_update in ("iteration", "epoch"), f"lr_update must be iteration or epoch, got {cfg.lr_update!r}")
+    need(0 < cfg.width <= 1, f"width must be in (0, 1], got {cfg.width}")
     need(cfg.start_epoch <= cfg.epochs, f"start_epoch {cfg.start_epoch} is after the last epoch ({cfg.epochs})")
     need(
         cfg.keep_checkpoints is None or cfg.keep_checkpoints >= 1,
@@ -410,6 +422,10 @@ def _problems(cfg: CfgNode) -> list[str]:
     need(len(cfg.scales) >= 1 and all(s > 0 for s in cfg.scales), f"scales must be positive, got {cfg.scales}")
     need(all(math.isfinite(v) for v in cfg.values() if isinstance(v, float)), "numbers must be finite")
     need(cfg.split in ("train", "val", "test"), f"split must be train, val or test, got {cfg.split!r}")
+    need(
+        cfg.absent_classes in ("exclude", "zero"),
+        f"absent_classes must be exclude or zero, got {cfg.absent_classes!r}",
+    )
     need(cfg.dist_backend in ("nccl", "gloo"), f"dist_backend must be nccl or gloo, got {cfg.dist_backend!r}")
     need(bool(re.fullmatch(r"[\w.-]+", cfg.dataset)), f"dataset must be a plain name, got {cfg.dataset!r}")
     return problems

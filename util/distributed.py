@@ -86,3 +86,21 @@ def any_rank(value: bool, device: torch.device) -> bool:
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+def masks_agree(model: torch.nn.Module) -> bool:
+    """Whether every process holds the same masks and temperatures (always true in a single process)."""
+    from acosp.inject import named_mask_layers
+
+    values = []
+    for _, layer in named_mask_layers(model):
+        values.append(layer.mask.detach().float().flatten())
+        if hasattr(layer, "temperature"):
+            values.append(layer.temperature.detach().float().flatten())
+    if not values or not (dist.is_initialized() and dist.get_world_size() > 1):
+        return True
+    mine = torch.cat(values)
+    low, high = mine.clone(), mine.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    return bool(torch.equal(low, high))

@@ -15,25 +15,16 @@ from torch import nn
 
 from acosp.inject import named_mask_layers
 from acosp.masks import SigmoidSoftTopK
+from util.palette import colorize, read_colors
 
 
 def read_palette(path: str | Path | None, classes: int) -> np.ndarray:
-    """``classes`` x 3 uint8 RGB colours from a colours file (one ``r g b`` per line), or a fixed random palette."""
+    """The dataset's colours, or a fixed random palette where it has no colours file (or too few colours)."""
     if path is not None and Path(path).is_file():
-        rows = [line.split() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-        colours = np.array([[int(v) for v in row[:3]] for row in rows], dtype=np.uint8)
+        colours = read_colors(path)
         if len(colours) >= classes:
-            return colours[:classes]
+            return colours
     return np.random.default_rng(0).integers(0, 256, (classes, 3), dtype=np.uint8)
-
-
-def colour_labels(labels: torch.Tensor, palette: np.ndarray) -> np.ndarray:
-    """HxW class ids -> HxWx3 colours; ids outside the palette (the ignore label) are black."""
-    ids = labels.cpu().numpy().astype(np.int64)
-    out = np.zeros((*ids.shape, 3), dtype=np.uint8)
-    valid = (ids >= 0) & (ids < len(palette))
-    out[valid] = palette[ids[valid]]
-    return out
 
 
 class RunLog:
@@ -73,7 +64,8 @@ class RunLog:
         rows = []
         for image, label, prediction in samples:
             rgb = (image.float() * std + mean).clamp(0, 255).byte().permute(1, 2, 0).numpy()
-            rows.append(np.concatenate([rgb, colour_labels(label, palette), colour_labels(prediction, palette)], 1))
+            truth, predicted = colorize(label.numpy(), palette), colorize(prediction.numpy(), palette)
+            rows.append(np.concatenate([rgb, truth, predicted], 1))
         grid = np.concatenate(rows, 0)
         self.writer.add_image("val/image_truth_prediction", grid, epoch, dataformats="HWC")
 

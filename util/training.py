@@ -1,8 +1,9 @@
 """The pieces of a training run that tool/train.py wires together: data, seeding, one epoch, checkpoints.
 
-Randomness is seeded per epoch from ``manual_seed`` (sampler order, augmentation, dropout), so an
-epoch's result depends only on the state at its start: a run resumed from the checkpoint of epoch
-e continues exactly as the uninterrupted run did.
+Randomness follows ``manual_seed``: the sample order and dropout are seeded per epoch, each
+sample's augmentation from (seed, epoch, index) (``util/sampling.py``). So an epoch's result
+depends only on the state at its start, and a run resumed from the checkpoint of epoch e continues
+exactly as the uninterrupted run did.
 """
 
 from __future__ import annotations
@@ -21,16 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from acosp.inject import unwrap
 from util import transform
 from util.distributed import Processes, all_reduce_sum, any_rank
 from util.optimizer import learning_rate, set_learning_rate
-
-CIFAR_MEAN = [125.307, 122.961, 113.8575]
-CIFAR_STD = [51.5865, 50.847, 51.255]
+from util.sampling import EpochSampler, SeededSamples
 
 
 class TrainingError(RuntimeError):
@@ -92,10 +90,14 @@ def segmentation_transforms(cfg: Any, train: bool) -> transform.Compose:
 
 
 def cifar_transforms(cfg: Any, train: bool) -> transform.Compose:
-    """Random 32x32 crop of the image padded by 4, and a horizontal flip, for training."""
+    """A random 32x32 crop of the image padded by 4 black pixels, and a horizontal flip, for training."""
     steps = []
     if train:
-        steps += [transform.Crop([32, 32], crop_type="rand", padding=0.0, border=4), transform.RandomHorizontalFlip()]
+        steps += [
+            transform.Crop([40, 40], padding=0.0),  # pads 4 on every side
+            transform.Crop([32, 32], crop_type="rand"),
+            transform.RandomHorizontalFlip(),
+        ]
     return transform.Compose([*steps, transform.ToTensor(), transform.Normalize(cfg.mean, cfg.std)])
 
 
@@ -114,6 +116,9 @@ def build_datasets(cfg: Any) -> tuple[Dataset, Dataset | None]:
         if cfg.val_list is None:
             raise ValueError(f"{cfg.source}: evaluate is true but val_list is not set")
         val = SemData.from_config(cfg, "val_list", segmentation_transforms(cfg, False))
+    for dataset in (train, val):
+        if dataset is not None and len(dataset):
+            dataset[0]  # a first sample through reading and augmentation: label or size errors show now
     return train, val
 
 
@@ -127,32 +132,19 @@ def per_process_batch(batch_size: int, processes: Processes, key: str) -> int:
 
 def make_loader(
     dataset: Dataset, batch_size: int, workers: int, processes: Processes, train: bool, seed: int
-) -> tuple[DataLoader, DistributedSampler | None]:
-    """A loader whose order and augmentation follow ``seed`` and the epoch (set by ``start_epoch``)."""
-    sampler = None
-    if processes.distributed or train:
-        sampler = DistributedSampler(
-            dataset, processes.world_size, processes.rank, shuffle=train, seed=seed, drop_last=train
-        )
+) -> tuple[DataLoader, EpochSampler]:
+    """This process's share of ``dataset``, shuffled and augmented as ``seed`` and the epoch decide."""
+    sampler = EpochSampler(dataset, processes.world_size, processes.rank, shuffle=train, seed=seed, drop_last=train)
     loader = DataLoader(
-        dataset,
+        SeededSamples(dataset, seed),
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
         pin_memory=processes.device.type == "cuda",
         drop_last=train,
-        worker_init_fn=transform.worker_init_fn,
-        persistent_workers=False,
-        generator=torch.Generator(),
+        persistent_workers=workers > 0,
     )
     return loader, sampler
-
-
-def start_epoch(loader: DataLoader, sampler: DistributedSampler | None, seed: int, epoch: int) -> None:
-    """Fix this epoch's sample order and the seeds of the loader's workers."""
-    if sampler is not None:
-        sampler.set_epoch(epoch)
-    loader.generator.manual_seed(seed * 100_003 + epoch)
 
 
 def check_free_space(folder: Path, model: nn.Module, checkpoints_in_flight: int = 2) -> None:
@@ -222,7 +214,10 @@ def train_epoch(model: nn.Module, loader: DataLoader, epoch: int, context: StepC
     bar = progress_bar(loader, processes, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
     for i, (x, y) in enumerate(bar):
         iteration = epoch * iterations + i
-        lr = learning_rate(cfg.lr_schedule, cfg.base_lr, iteration, context.max_iterations, cfg.power)
+        if cfg.lr_update == "epoch":
+            lr = learning_rate(cfg.lr_schedule, cfg.base_lr, epoch, cfg.epochs, cfg.power)
+        else:
+            lr = learning_rate(cfg.lr_schedule, cfg.base_lr, iteration, context.max_iterations, cfg.power)
         set_learning_rate(optimizer, lr)
         x, y = _to_device(x, y, device, channels_last)
         with _autocast(cfg, device):

@@ -1,0 +1,202 @@
+"""tool/train.py end to end on a tiny generated dataset, on the CPU."""
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from test_pruner import read_scalars
+from train_helpers import CIFAR_MEAN, CIFAR_STD, ROOT, load_tool, write_cifar_config, write_config
+
+from acosp.masks import num_kept_channels
+from util.checkpoint import model_from_checkpoint
+from util.training import TrainingError
+
+train_tool = load_tool("train")
+
+
+def train(config, *overrides):
+    return train_tool.main(["--config", str(config), "--device", "cpu", *map(str, overrides)])
+
+
+def masks_of(state):
+    return {key: value for key, value in state.items() if key.endswith(".1.mask")}
+
+
+def test_training_prunes_through_the_hard_conversion(tmp_path):
+    config = write_config(tmp_path)
+    assert train(config) == 0
+    model_dir = tmp_path / "exp" / "model"
+    assert sorted(p.name for p in model_dir.glob("*.pth")) == [
+        "final.pth",
+        "last.pth",
+        "train_epoch_1.pth",
+        "train_epoch_2.pth",
+        "train_epoch_3.pth",
+    ]
+    final = torch.load(model_dir / "final.pth", weights_only=True)
+    assert final["epoch"] == 3 and final["pruner"]["finished"] and final["arch"]["arch"] == "segnet"
+    masks = masks_of(final["state_dict"])
+    assert len(masks) == 25  # every conv of SegNet but the classifier
+    for key, mask in masks.items():
+        assert set(mask.unique().tolist()) <= {0.0, 1.0}
+        assert mask.sum() == num_kept_channels(mask.numel(), 0.5, 2), key
+        assert key.replace(".mask", ".weight") not in final["state_dict"]  # the logits are gone
+    soft = torch.load(model_dir / "train_epoch_1.pth", weights_only=True)
+    assert any(
+        key.endswith(".1.weight") and key.replace(".weight", ".mask") in soft["state_dict"]
+        for key in soft["state_dict"]
+    )
+    assert (model_dir / "config.yaml").is_file() and list(model_dir.glob("train-*.log"))
+    assert model_from_checkpoint(model_dir / "final.pth")(torch.randn(1, 3, 32, 32)).shape == (1, 3, 32, 32)
+
+
+def test_tensorboard_has_losses_metrics_pruning_statistics_histograms_and_images(tmp_path):
+    config = write_config(tmp_path, epochs=2, ending_epoch=2)
+    assert train(config) == 0
+    events = list((tmp_path / "exp").glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    scalars = read_scalars(tmp_path / "exp")
+    for tag in ("train/loss_iter", "train/lr", "train/loss", "train/mIoU", "train/mAcc", "train/allAcc"):
+        assert tag in scalars, tag
+    for tag in ("val/loss", "val/mIoU", "acosp/temperature/mean", "acosp/kept_channels", "acosp/undecided/mean"):
+        assert tag in scalars, tag
+    assert len(scalars["train/loss_iter"]) == 4 and len(scalars["val/mIoU"]) == 2
+    assert "acosp/logits/enc1.0.0" in scalars and "val/image_truth_prediction" in scalars
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resumed_run_equals_the_uninterrupted_one(tmp_path, workers):
+    config = write_config(tmp_path, workers=workers)  # 2: persistent worker processes
+    assert train(config) == 0
+    model_dir = tmp_path / "exp" / "model"
+    resumed_dir = tmp_path / "resumed" / "model"
+    assert train(config, "resume", model_dir / "train_epoch_1.pth", "save_path", resumed_dir) == 0
+    whole = torch.load(model_dir / "final.pth", weights_only=True)
+    resumed = torch.load(resumed_dir / "final.pth", weights_only=True)
+    assert whole["state_dict"].keys() == resumed["state_dict"].keys()
+    for key, value in whole["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][key], value, rtol=0, atol=1e-6, msg=key)
+    assert whole["pruner"] == resumed["pruner"]
+
+
+def test_resume_auto_continues_from_last(tmp_path):
+    config = write_config(tmp_path, epochs=1, sparsity=0.0)
+    assert train(config) == 0
+    assert train(config, "epochs", 2, "resume", "auto") == 0
+    final = torch.load(tmp_path / "exp" / "model" / "final.pth", weights_only=True)
+    assert final["epoch"] == 2 and final["pruner"] is None
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    config = write_config(tmp_path)
+    real_build = train_tool.build_model
+
+    def poisoned(cfg):
+        model = real_build(cfg)
+        calls = {"n": 0}
+        forward = model.forward
+
+        def forward_with_nan(x, y=None):
+            out = forward(x, y)
+            if y is not None:
+                calls["n"] += 1
+                if calls["n"] == 4:  # epoch 2, iteration 2
+                    return out[0], out[1] * float("nan"), out[2]
+            return out
+
+        model.forward = forward_with_nan
+        return model
+
+    monkeypatch.setattr(train_tool, "build_model", poisoned)
+    with pytest.raises(TrainingError, match="not finite .* at epoch 2, iteration 2"):
+        train(config)
+    last = torch.load(tmp_path / "exp" / "model" / "last.pth", weights_only=True)
+    assert last["epoch"] == 1
+
+
+def test_setup_errors_come_before_training(tmp_path):
+    config = write_config(tmp_path)
+    with pytest.raises(FileNotFoundError, match="nowhere.txt: list file not found"):
+        train(config, "train_list", tmp_path / "nowhere.txt")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(TrainingError, match="cannot write to the experiment folder"):
+        train(config, "save_path", blocker / "model")
+    assert not (tmp_path / "exp" / "model" / "last.pth").exists()
+
+
+def test_two_process_ddp_run_keeps_masks_identical(tmp_path):
+    config = write_config(tmp_path, epochs=2, ending_epoch=1, evaluate=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    result = subprocess.run(
+        [*command, str(ROOT / "tool" / "train.py"), "--config", str(config), "--device", "cpu"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "masks agree across 2 processes" in result.stdout
+    final = torch.load(tmp_path / "exp" / "model" / "final.pth", weights_only=True)
+    assert final["epoch"] == 2 and final["pruner"]["finished"]
+
+
+def test_cifar10_training_on_fabricated_batches(tmp_path):
+    config = write_cifar_config(tmp_path)
+    assert train(config) == 0
+    final = torch.load(tmp_path / "exp" / "model" / "final.pth", weights_only=True)
+    assert final["arch"] == {"arch": "resnet18", "classes": 10, "width": 0.125}
+    assert final["best"]["epoch"] in (1, 2) and 0 <= final["best"]["accuracy"] <= 1
+    masks = masks_of(final["state_dict"])
+    assert len(masks) == 20 and all(m.sum() == num_kept_channels(m.numel(), 0.5, 2) for m in masks.values())
+    assert final["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi / 2)))
+    scalars = read_scalars(tmp_path / "exp")
+    assert len(scalars["val/accuracy"]) == 2 and len(scalars["train/accuracy"]) == 2
+
+
+def test_stray_label_values_stop_the_run_before_the_first_iteration(tmp_path, monkeypatch):
+    config = write_config(tmp_path, classes=3, ignore_label=3)  # the labels use 255 for ignore
+    steps = []
+    monkeypatch.setattr(train_tool, "train_epoch", lambda *args: steps.append(args))
+    with pytest.raises(ValueError, match=r"labels/0\.png: label values \[255\] are neither class ids"):
+        train(config)
+    assert not steps
+
+
+def test_cifar10_test_script_scores_the_test_batch(tmp_path):
+    config = write_cifar_config(tmp_path, epochs=1, ending_epoch=1)
+    assert train(config) == 0
+    test_tool = load_tool("test")
+    assert test_tool.main(["--config", str(config), "--device", "cpu"]) == 0
+    rows = (tmp_path / "exp" / "result" / "test" / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "name,Acc" and rows[1].startswith("airplane,") and rows[-1].startswith("accuracy,")
+    model = model_from_checkpoint(tmp_path / "exp" / "model" / "final.pth")
+    from util.dataset import Cifar10
+    from util.training import cifar_transforms
+
+    cfg = type("Cfg", (), {"mean": CIFAR_MEAN, "std": CIFAR_STD})
+    images, labels = zip(*Cifar10(tmp_path / "cifar", train=False, transform=cifar_transforms(cfg, False)))
+    with torch.no_grad():
+        expected = (model(torch.stack(images)).argmax(1) == torch.tensor(labels)).float().mean().item()
+    assert float(rows[-1].split(",")[1]) == pytest.approx(expected, abs=1e-4)
+
+
+def test_weight_starts_a_run_from_a_pruned_checkpoint_with_its_masks_folded(tmp_path):
+    config = write_config(tmp_path, epochs=2, ending_epoch=1)
+    assert train(config) == 0
+    final = torch.load(tmp_path / "exp" / "model" / "final.pth", weights_only=True)["state_dict"]
+    from model import build_model
+
+    dense = build_model({"arch": "segnet", "classes": 3, "width": 0.125})
+    train_tool.initial_weights(dense, tmp_path / "exp" / "model" / "final.pth", None)
+    mask = final["enc2.0.0.1.mask"]
+    assert 0 < mask.sum() < mask.numel()
+    expected = final["enc2.0.0.0.weight"] * mask[:, None, None, None]
+    assert torch.equal(dense.enc2[0][0].weight, expected)
+    assert torch.equal(dense.enc2[0][0].bias, final["enc2.0.0.0.bias"] * mask)
+    retrained = tmp_path / "again" / "model"
+    assert train(config, "weight", tmp_path / "exp" / "model" / "final.pth", "save_path", retrained, "epochs", 1) == 0

@@ -1,0 +1,243 @@
+"""Testing a segmentation network on a list file: class-id and colour PNGs, and a per-class CSV.
+
+What ``tool/test.py`` does, kept here so that tests reach it. Results go to
+``<save_folder>/<split>/ss|ms/`` (``ms`` with several scales): ``gray/<name>.png`` holds class ids,
+``color/<name>.png`` the dataset's colours, ``metrics.csv`` IoU and accuracy per class and the
+means. One bad image does not stop a run: it is reported with its path, the rest are scored, and
+the caller learns the count of failures. Under torchrun every process takes every n-th image and
+the counts are summed before scoring, so the numbers do not depend on the number of processes.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from util.atomic import atomic_path
+from util.config import repo_path
+from util.dataset import read_image, read_label
+from util.distributed import all_reduce_sum
+from util.inference import SlidingWindowPredictor
+from util.metrics import SegmentationMetrics
+from util.palette import colorize, read_colors, read_names
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One line of a list file: the image, its label (None for split 'test') and the output name."""
+
+    line: int
+    image: str
+    label: str | None
+    name: str
+
+
+@dataclass
+class EvaluationResult:
+    """The scores (None for split 'test'), where the results are, and every failed image with its reason."""
+
+    summary: dict[str, Any] | None
+    folder: Path
+    evaluated: int
+    failures: list[str] = field(default_factory=list)
+    failed: int = 0  # over all processes
+
+
+def read_entries(split: str, data_root: str | os.PathLike, list_path: str | os.PathLike) -> list[Entry]:
+    """The list file's entries, in order. Files are not checked here: a missing one fails alone."""
+    if not os.path.isfile(list_path):
+        raise FileNotFoundError(f"{list_path}: list file not found")
+    entries, names = [], {}
+    with open(list_path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) > 2 or (len(fields) == 1 and split != "test"):
+                wanted = "'image' or 'image label'" if split == "test" else "'image label'"
+                raise ValueError(f"{list_path}, line {number}: expected {wanted}, got {line.strip()!r}")
+            image, label = (os.path.join(data_root, path) for path in (fields + fields[:1])[:2])
+            name = Path(image).stem
+            if name in names:
+                raise ValueError(
+                    f"{list_path}, lines {names[name]} and {number}: two images are named {name!r}; "
+                    "their predictions would overwrite each other"
+                )
+            names[name] = number
+            entries.append(Entry(number, image, None if split == "test" else label, name))
+    if not entries:
+        raise ValueError(f"{list_path}: the list file has no entries")
+    return entries
+
+
+def select(entries: Sequence[Entry], index_start: int = 0, index_step: int = 0) -> list[Entry]:
+    """``index_step`` entries from ``index_start`` (all the rest when ``index_step`` is 0)."""
+    if not 0 <= index_start < len(entries):
+        raise ValueError(f"index_start {index_start} is outside the list's {len(entries)} entries")
+    end = index_start + index_step if index_step > 0 else len(entries)
+    return list(entries[index_start:end])
+
+
+def result_folder(cfg: Any) -> Path:
+    """``<save_folder>/<split>/ss`` for one scale, ``.../ms`` for several."""
+    return repo_path(cfg.save_folder) / cfg.split / ("ms" if len(cfg.scales) > 1 else "ss")
+
+
+def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write a PNG atomically (a class-id map, or an RGB picture)."""
+    if array.ndim == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    with atomic_path(path) as temporary:
+        if not cv2.imwrite(str(temporary), array):
+            raise OSError(f"{path}: cannot write the PNG")
+
+
+def read_prediction(path: str | os.PathLike) -> np.ndarray:
+    """A gray PNG of class ids written by an earlier run."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: prediction not found (has_prediction is true)")
+    gray = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if gray is None or gray.ndim != 2:
+        raise ValueError(f"{path}: not a single-channel PNG of class ids")
+    return gray
+
+
+def format_table(names: Sequence[str], summary: dict[str, Any]) -> str:
+    """The per-class table and the means, as the log and the terminal show them."""
+    width = max(12, *(len(name) for name in names)) + 2
+
+    def number(value: float) -> str:
+        return f"{value:8.4f}" if not math.isnan(value) else "     nan"
+
+    lines = [f"{'class':<{width}}{'IoU':>8}  {'Acc':>8}"]
+    lines += [f"{name:<{width}}{number(i)}  {number(a)}" for name, i, a in zip(names, summary["iou"], summary["acc"])]
+    lines.append(f"{'mIoU':<{width}}{number(summary['miou'])}")
+    lines.append(f"{'mAcc':<{width}}{'':8}  {number(summary['macc'])}")
+    lines.append(f"{'allAcc':<{width}}{'':8}  {number(summary['allacc'])}")
+    if summary["absent"] == "exclude" and (summary["excluded_iou"] or summary["excluded_acc"]):
+        lines.append(
+            f"mIoU leaves out {summary['excluded_iou']} of {len(names)} classes (absent from prediction and ground "
+            f"truth), mAcc {summary['excluded_acc']} (no labelled pixel); absent_classes zero counts them as 0"
+        )
+    return "\n".join(lines)
+
+
+def write_metrics_csv(path: str | os.PathLike, names: Sequence[str], summary: dict[str, Any]) -> Path:
+    """``name,IoU,Acc`` per class, then ``mIoU`` (IoU column), ``mAcc`` and ``allAcc`` (Acc column); atomic."""
+    path = Path(path)
+    with atomic_path(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["name", "IoU", "Acc"])
+        for name, iou, acc in zip(names, summary["iou"], summary["acc"]):
+            writer.writerow([name, f"{iou:.6f}", f"{acc:.6f}"])
+        writer.writerow(["mIoU", f"{summary['miou']:.6f}", ""])
+        writer.writerow(["mAcc", "", f"{summary['macc']:.6f}"])
+        writer.writerow(["allAcc", "", f"{summary['allacc']:.6f}"])
+    return path
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _total(count: int, device: torch.device) -> int:
+    """``count`` summed over every process."""
+    if _rank_and_world()[1] > 1 and dist.get_backend() == "nccl" and device.type != "cuda":
+        device = torch.device("cuda")
+    return int(all_reduce_sum(torch.tensor([count], dtype=torch.int64, device=device)).item())
+
+
+def _label_for(entry: Entry, cfg: Any, shape: tuple[int, ...]) -> np.ndarray:
+    if not os.path.isfile(entry.label):
+        raise FileNotFoundError(f"{entry.label}: label not found")
+    label = read_label(entry.label)
+    if label.shape != shape:
+        raise ValueError(f"{entry.label}: the label is {label.shape} but the prediction is {shape}")
+    unknown = (label >= cfg.classes) & (label != cfg.ignore_label)
+    if unknown.any():
+        if not cfg.ignore_unknown_labels:
+            values = np.unique(label[unknown]).tolist()
+            raise ValueError(
+                f"{entry.label}: label values {values} are neither class ids (0..{cfg.classes - 1}) nor the "
+                f"ignore label {cfg.ignore_label}; set ignore_unknown_labels to ignore them"
+            )
+        label = np.where(unknown, np.uint8(cfg.ignore_label), label)
+    return label
+
+
+def evaluate(
+    cfg: Any,
+    model: nn.Module | None = None,
+    device: str | torch.device | None = None,
+    progress: bool | None = None,
+) -> EvaluationResult:
+    """Predict (unless ``has_prediction``) and score this process's share of ``test_list``.
+
+    ``progress`` shows a bar per image; by default only on a terminal, and only on rank 0.
+    """
+    rank, world = _rank_and_world()
+    labelled = cfg.split != "test"
+    if cfg.has_prediction and not labelled:
+        raise ValueError(f"{cfg.source}: has_prediction is true but split test has no labels to score against")
+    if not cfg.has_prediction and model is None:
+        raise ValueError("evaluate needs a model unless has_prediction is true")
+    if cfg.test_list is None:
+        raise ValueError(f"{cfg.source}: test_list is not set")
+    entries = select(
+        read_entries(cfg.split, repo_path(cfg.data_root), repo_path(cfg.test_list)), cfg.index_start, cfg.index_step
+    )
+    names, colors = read_names(repo_path(cfg.names_path)), read_colors(repo_path(cfg.colors_path))
+    if len(names) != cfg.classes or len(colors) < cfg.classes:
+        raise ValueError(
+            f"{cfg.names_path} names {len(names)} classes and {cfg.colors_path} colours {len(colors)}; "
+            f"the config has {cfg.classes}"
+        )
+    folder = result_folder(cfg)
+    predictor = None if cfg.has_prediction else SlidingWindowPredictor.from_config(model, cfg, device)
+    device = predictor.device if predictor is not None else torch.device(device or "cpu")
+    metrics = SegmentationMetrics(cfg.classes, cfg.ignore_label)
+    failures = []
+    shard = entries[rank::world]
+    show = progress if progress is not None else sys.stderr.isatty()
+    for entry in tqdm(shard, desc=f"{cfg.split} {folder.name}", unit="image", disable=not show or rank != 0):
+        try:
+            gray_path = folder / "gray" / f"{entry.name}.png"
+            if predictor is None:
+                gray = read_prediction(gray_path)
+            else:
+                if not os.path.isfile(entry.image):
+                    raise FileNotFoundError(f"{entry.image}: image not found")
+                gray = predictor.predict(read_image(entry.image))
+                write_png(gray_path, gray)
+                write_png(folder / "color" / f"{entry.name}.png", colorize(gray, colors))
+            if labelled:
+                label = _label_for(entry, cfg, gray.shape)
+                metrics.update(gray, label)
+        except (OSError, ValueError) as error:
+            failures.append(str(error))
+            logger.error("line %d of %s failed: %s", entry.line, cfg.test_list, error)
+    failed = _total(len(failures), device)
+    evaluated = _total(len(shard), device) - failed
+    summary = metrics.reduce().summary(absent=getattr(cfg, "absent_classes", "exclude")) if labelled else None
+    if rank == 0 and summary is not None:
+        write_metrics_csv(folder / "metrics.csv", names, summary)
+        logger.info("scores of %d images (%s):\n%s", evaluated, folder, format_table(names, summary))
+    return EvaluationResult(summary, folder, evaluated, failures, failed)
