@@ -4,10 +4,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import pytest
 import torch
 from test_compress import random_batch_norm
+from test_evaluate import ARCH as TINY_SEGNET
+from test_evaluate import experiment  # noqa: F401  (the fixture: a tiny dataset and its config)
 
+import tool.test as test_tool
 from acosp.compress import compress, compression_spec
 from acosp.inject import MaskedConv
 from acosp.pruner import SoftTopKPruner
@@ -132,3 +136,24 @@ def test_speed_benchmark_runs_quickly():
     assert len(rows) == 1
     for row in rows:
         assert row[7].endswith("x") and float(row[7].rstrip("x")) > 4  # MAC ratio at sparsity 0.75
+
+
+def test_tool_test_scores_a_compressed_checkpoint_as_the_masked_one(experiment, tmp_path):  # noqa: F811
+    """tool/test.py loads a compressed checkpoint like any other and predicts what the masked network predicts."""
+    masked, pruner = pruned(TINY_SEGNET, 0.75)
+    state = {"state_dict": masked.state_dict(), "arch": describe_arch(TINY_SEGNET), "pruner": pruner.state_dict()}
+    save_checkpoint(state, tmp_path / "masked.pth")
+    compressed = compress(masked, torch.randn(2, 3, 32, 32))
+    state = {"state_dict": compressed.state_dict(), "arch": describe_arch(TINY_SEGNET)}
+    save_checkpoint({**state, "compression": compression_spec(compressed)}, tmp_path / "compressed.pth")
+    folders = {}
+    for name in ("masked", "compressed"):
+        folders[name] = tmp_path / name
+        overrides = ["model_path", str(tmp_path / f"{name}.pth"), "save_folder", str(folders[name])]
+        assert test_tool.main(["--config", str(experiment / "tiny_segnet.yaml"), *overrides]) == 0
+    for image in ("img0", "img1", "img2"):
+        masked_gray, compressed_gray = (
+            cv2.imread(str(folders[name] / "val" / "ss" / "gray" / f"{image}.png"), cv2.IMREAD_UNCHANGED)
+            for name in ("masked", "compressed")
+        )
+        assert (masked_gray == compressed_gray).mean() > 0.99
