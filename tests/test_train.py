@@ -200,3 +200,13 @@ def test_weight_starts_a_run_from_a_pruned_checkpoint_with_its_masks_folded(tmp_
     assert torch.equal(dense.enc2[0][0].bias, final["enc2.0.0.0.bias"] * mask)
     retrained = tmp_path / "again" / "model"
     assert train(config, "weight", tmp_path / "exp" / "model" / "final.pth", "save_path", retrained, "epochs", 1) == 0
+
+
+def test_round_to_rounds_each_layers_kept_channels_up(tmp_path):
+    config = write_config(tmp_path, epochs=2, ending_epoch=1, round_to=3, evaluate=False)
+    assert train(config) == 0
+    final = torch.load(tmp_path / "exp" / "model" / "final.pth", weights_only=True)
+    assert final["pruner"]["round_to"] == 3
+    for key, mask in masks_of(final["state_dict"]).items():
+        k = num_kept_channels(mask.numel(), 0.5, 2)
+        assert mask.sum() == min(mask.numel(), math.ceil(k / 3) * 3), key

@@ -79,6 +79,7 @@ def make_pruner(cfg) -> SoftTopKPruner | None:
         initial_temp=cfg.initial_temp,
         final_temp=cfg.final_temp,
         learnable_weights=cfg.learnable_weights,
+        round_to=cfg.round_to,
     )
 
 

@@ -121,6 +121,7 @@ SCHEMA: dict[str, Key] = {
         ("initial_temp", float, 1.0, "mask temperature at starting_epoch"),
         ("final_temp", float, 0.001, "mask temperature at ending_epoch"),
         ("min_remaining_elements", int, 8, "a pruned layer keeps at least this many channels"),
+        ("round_to", int, 1, "hard masks keep k rounded up to a multiple of this (8: widths that suit the hardware)"),
     ),
     **_keys(
         "Distributed",
@@ -401,6 +402,7 @@ def _problems(cfg: CfgNode) -> list[str]:
     need(cfg.optimizer in ("sgd", "adam"), f"optimizer must be sgd or adam, got {cfg.optimizer!r}")
     need(cfg.lr_update in ("iteration", "epoch"), f"lr_update must be iteration or epoch, got {cfg.lr_update!r}")
     need(0 < cfg.width <= 1, f"width must be in (0, 1], got {cfg.width}")
+    need(cfg.round_to >= 1, f"round_to must be at least 1, got {cfg.round_to}")
     need(cfg.start_epoch <= cfg.epochs, f"start_epoch {cfg.start_epoch} is after the last epoch ({cfg.epochs})")
     need(
         cfg.keep_checkpoints is None or cfg.keep_checkpoints >= 1,
