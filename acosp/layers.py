@@ -94,10 +94,9 @@ def _scatter(output: torch.Tensor, index: torch.Tensor, width: int, fill: torch.
     return full.index_copy_(1, index, output)  # in place: one pass less over the wide tensor
 
 
-class CompressedConv2d(nn.Conv2d):
-    """A narrowed conv that folds constant input channels exactly and may write into a wider tensor."""
-
-    unprunable = True  # a mask on its outputs would not match ``out_width``
+class _Narrowed:
+    """What both compressed conv kinds add to a conv: the wider output they write into, and the
+    kernel that folds constant input channels (their buffers are filled by ``acosp.compress``)."""
 
     def __init__(
         self, *args, out_width: int | None = None, constant_input: bool = False, filled: bool = False, **kwargs
@@ -110,14 +109,6 @@ class CompressedConv2d(nn.Conv2d):
         self.register_buffer("out_fill", torch.zeros(out_width) if out_width is not None and filled else None)
         if constant_input:
             self.register_buffer("constant_kernel", torch.zeros(self.out_channels, *self.kernel_size))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._conv_forward(x, self.weight, self.bias)
-        if self.constant_input:
-            y = add_border_correction(y, tuple(x.shape[-2:]), self.constant_kernel, self)
-        if self.out_width is not None:
-            y = _scatter(y, self.out_index, self.out_width, self.out_fill)
-        return y
 
     def extra_repr(self) -> str:
         text = super().extra_repr()
@@ -130,22 +121,24 @@ class CompressedConv2d(nn.Conv2d):
         return text
 
 
-class CompressedConvTranspose2d(nn.ConvTranspose2d):
+class CompressedConv2d(_Narrowed, nn.Conv2d):
+    """A narrowed conv that folds constant input channels exactly and may write into a wider tensor."""
+
+    unprunable = True  # a mask on its outputs would not match ``out_width``
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._conv_forward(x, self.weight, self.bias)
+        if self.constant_input:
+            y = add_border_correction(y, tuple(x.shape[-2:]), self.constant_kernel, self)
+        if self.out_width is not None:
+            y = _scatter(y, self.out_index, self.out_width, self.out_fill)
+        return y
+
+
+class CompressedConvTranspose2d(_Narrowed, nn.ConvTranspose2d):
     """A narrowed transposed conv; constant input channels add their (periodic) map to the output."""
 
     unprunable = True
-
-    def __init__(
-        self, *args, out_width: int | None = None, constant_input: bool = False, filled: bool = False, **kwargs
-    ):
-        super().__init__(*args, **kwargs)
-        self.out_width = out_width
-        self.constant_input = constant_input
-        if out_width is not None:
-            self.register_buffer("out_index", torch.zeros(self.out_channels, dtype=torch.long))
-        self.register_buffer("out_fill", torch.zeros(out_width) if out_width is not None and filled else None)
-        if constant_input:
-            self.register_buffer("constant_kernel", torch.zeros(self.out_channels, *self.kernel_size))
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         output_padding = self._output_padding(
@@ -160,16 +153,6 @@ class CompressedConvTranspose2d(nn.ConvTranspose2d):
         if self.out_width is not None:
             y = _scatter(y, self.out_index, self.out_width, self.out_fill)
         return y
-
-    def extra_repr(self) -> str:
-        text = super().extra_repr()
-        if self.out_width is not None:
-            text += f", out_width={self.out_width}"
-        if self.constant_input:
-            text += ", constant_input=True"
-        if self.out_fill is not None:
-            text += ", filled=True"
-        return text
 
 
 class RemovedLayer(nn.Module):
