@@ -1,6 +1,6 @@
 """What ACoSP's soft masks cost per training step of the publication's networks, as a ratio to dense.
 
-    python benchmarks/train_step_overhead.py [--device cpu|cuda] [--pairs 10] [--sizes 129 473] [--batch 2]
+    python benchmarks/train_step_overhead.py [--device cpu|cuda] [--pairs 10] [--sizes 129 473] [--batch 2] [--threads N]
 
 For PSPNet50 and SegNet at each crop size: one SGD step (forward with labels, backward, update) of
 the dense network and of the same network with soft masks, alternated so that both see the same
@@ -69,7 +69,10 @@ def main(argv=None) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[129, 473])
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
     print("| network | crop | dense step (s) | masked step (s) | masked / dense (median of pairs) |")
