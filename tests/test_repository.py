@@ -95,3 +95,11 @@ def test_mask_overhead_benchmark_runs():
     assert rows == ["dense", "soft", "soft literal", "hard", "hard literal"]
     dense_ratios = result.stdout.splitlines()[2].split()[2::2]
     assert dense_ratios == ["1.000", "1.000"]
+
+
+def test_train_step_overhead_benchmark_runs():
+    command = ["benchmarks/train_step_overhead.py", "--pairs", "1", "--sizes", "33", "--networks", "SegNet"]
+    result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    row = result.stdout.splitlines()[-1].split("|")
+    assert [cell.strip() for cell in row[1:3]] == ["SegNet", "33"] and float(row[5]) > 0
