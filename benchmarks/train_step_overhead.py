@@ -1,6 +1,7 @@
 """What ACoSP's soft masks cost per training step of the publication's networks, as a ratio to dense.
 
-    python benchmarks/train_step_overhead.py [--device cpu|cuda] [--pairs 10] [--sizes 129 473] [--batch 2] [--threads N]
+    python benchmarks/train_step_overhead.py [--device cpu|cuda] [--pairs 10] [--sizes 129 473] [--batch 2]
+                                             [--threads N]
 
 For PSPNet50 and SegNet at each crop size: one SGD step (forward with labels, backward, update) of
 the dense network and of the same network with soft masks, alternated so that both see the same
