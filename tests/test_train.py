@@ -67,8 +67,9 @@ def test_tensorboard_has_losses_metrics_pruning_statistics_histograms_and_images
     assert "acosp/logits/enc1.0.0" in scalars and "val/image_truth_prediction" in scalars
 
 
-def test_resumed_run_equals_the_uninterrupted_one(tmp_path):
-    config = write_config(tmp_path)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resumed_run_equals_the_uninterrupted_one(tmp_path, workers):
+    config = write_config(tmp_path, workers=workers)  # 2: persistent worker processes
     assert train(config) == 0
     model_dir = tmp_path / "exp" / "model"
     resumed_dir = tmp_path / "resumed" / "model"
@@ -182,3 +183,20 @@ def test_cifar10_test_script_scores_the_test_batch(tmp_path):
     with torch.no_grad():
         expected = (model(torch.stack(images)).argmax(1) == torch.tensor(labels)).float().mean().item()
     assert float(rows[-1].split(",")[1]) == pytest.approx(expected, abs=1e-4)
+
+
+def test_weight_starts_a_run_from_a_pruned_checkpoint_with_its_masks_folded(tmp_path):
+    config = write_config(tmp_path, epochs=2, ending_epoch=1)
+    assert train(config) == 0
+    final = torch.load(tmp_path / "exp" / "model" / "final.pth", weights_only=True)["state_dict"]
+    from model import build_model
+
+    dense = build_model({"arch": "segnet", "classes": 3, "width": 0.125})
+    train_tool.initial_weights(dense, tmp_path / "exp" / "model" / "final.pth", None)
+    mask = final["enc2.0.0.1.mask"]
+    assert 0 < mask.sum() < mask.numel()
+    expected = final["enc2.0.0.0.weight"] * mask[:, None, None, None]
+    assert torch.equal(dense.enc2[0][0].weight, expected)
+    assert torch.equal(dense.enc2[0][0].bias, final["enc2.0.0.0.bias"] * mask)
+    retrained = tmp_path / "again" / "model"
+    assert train(config, "weight", tmp_path / "exp" / "model" / "final.pth", "save_path", retrained, "epochs", 1) == 0

@@ -41,7 +41,6 @@ from util.training import (  # noqa: E402
     restore_rng_state,
     rng_state,
     seed_epoch,
-    start_epoch,
     train_epoch,
     validate,
 )
@@ -174,12 +173,12 @@ def main(argv=None) -> int:
     if resumed is not None:
         load_network_state(model, {k.removeprefix("module."): v for k, v in resumed["state_dict"].items()}, resume_path)
     model.to(device)
+    if device.type == "cuda" and cfg.amp:
+        model = model.to(memory_format=torch.channels_last)  # tensor cores prefer NHWC in float16
     if processes.distributed:
         if device.type == "cuda" and cfg.sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if device.type == "cuda" and cfg.amp:
-        model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=bool(cfg.amp) and device.type == "cuda")
     first_epoch, best = cfg.start_epoch, {}
@@ -204,7 +203,7 @@ def main(argv=None) -> int:
                 dropped = drop_stale_parameters(optimizer, model)
                 logger.info("epoch %d: masks hardened; the optimizer dropped %d mask logits", epoch + 1, dropped)
             seed_epoch(seed, epoch)
-            start_epoch(train_loader, train_sampler, seed, epoch)
+            train_sampler.set_epoch(epoch)
             result = train_epoch(model, train_loader, epoch, context, training_metrics(cfg, device))
             if pruner is not None:
                 pruner.update_mask_layers(model, epoch)

@@ -1,8 +1,9 @@
 """The pieces of a training run that tool/train.py wires together: data, seeding, one epoch, checkpoints.
 
-Randomness is seeded per epoch from ``manual_seed`` (sampler order, augmentation, dropout), so an
-epoch's result depends only on the state at its start: a run resumed from the checkpoint of epoch
-e continues exactly as the uninterrupted run did.
+Randomness follows ``manual_seed``: the sample order and dropout are seeded per epoch, each
+sample's augmentation from (seed, epoch, index) (``util/sampling.py``). So an epoch's result
+depends only on the state at its start, and a run resumed from the checkpoint of epoch e continues
+exactly as the uninterrupted run did.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from acosp.inject import unwrap
 from util import transform
 from util.distributed import Processes, all_reduce_sum, any_rank
 from util.optimizer import learning_rate, set_learning_rate
+from util.sampling import EpochSampler, SeededSamples
 
 
 class TrainingError(RuntimeError):
@@ -131,32 +132,19 @@ def per_process_batch(batch_size: int, processes: Processes, key: str) -> int:
 
 def make_loader(
     dataset: Dataset, batch_size: int, workers: int, processes: Processes, train: bool, seed: int
-) -> tuple[DataLoader, DistributedSampler | None]:
-    """A loader whose order and augmentation follow ``seed`` and the epoch (set by ``start_epoch``)."""
-    sampler = None
-    if processes.distributed or train:
-        sampler = DistributedSampler(
-            dataset, processes.world_size, processes.rank, shuffle=train, seed=seed, drop_last=train
-        )
+) -> tuple[DataLoader, EpochSampler]:
+    """This process's share of ``dataset``, shuffled and augmented as ``seed`` and the epoch decide."""
+    sampler = EpochSampler(dataset, processes.world_size, processes.rank, shuffle=train, seed=seed, drop_last=train)
     loader = DataLoader(
-        dataset,
+        SeededSamples(dataset, seed),
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
         pin_memory=processes.device.type == "cuda",
         drop_last=train,
-        worker_init_fn=transform.worker_init_fn,
-        persistent_workers=False,
-        generator=torch.Generator(),
+        persistent_workers=workers > 0,
     )
     return loader, sampler
-
-
-def start_epoch(loader: DataLoader, sampler: DistributedSampler | None, seed: int, epoch: int) -> None:
-    """Fix this epoch's sample order and the seeds of the loader's workers."""
-    if sampler is not None:
-        sampler.set_epoch(epoch)
-    loader.generator.manual_seed(seed * 100_003 + epoch)
 
 
 def check_free_space(folder: Path, model: nn.Module, checkpoints_in_flight: int = 2) -> None:
