@@ -95,3 +95,16 @@ def test_mask_overhead_benchmark_runs():
     assert rows == ["dense", "soft", "soft literal", "hard", "hard literal"]
     dense_ratios = result.stdout.splitlines()[2].split()[2::2]
     assert dense_ratios == ["1.000", "1.000"]
+
+
+def test_quick_start_is_two_commands_and_ci_runs_the_second():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```shell\n(.*?)```", section, re.S)
+    assert len(blocks) == 1
+    commands = [line.split("#")[0].strip() for line in blocks[0].splitlines() if line.strip()]
+    assert commands == ["sh tool/quickstart.sh", "sh tests/run.sh"]
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert commands[1] in ci and ci.index(commands[1]) > ci.index("ruff format --check .")
+    for script in ("tool/quickstart.sh", "tests/run.sh"):
+        assert (ROOT / script).is_file()

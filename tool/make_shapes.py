@@ -1,6 +1,6 @@
 """Generate the synthetic 'shapes' segmentation dataset (util/shapes.py) in the semseg layout.
 
-    python tool/make_shapes.py                          # data/shapes: 1000 train, 100 val, 200 test images
+    python tool/make_shapes.py                          # data/shapes: 800 train, 100 val, 200 test images
     python tool/make_shapes.py data/shapes_big --train 5000 --seed 3
 
 Writes images/<split>/*.png (RGB), labels/<split>/*.png (train ids, 255 on edges) and the lists

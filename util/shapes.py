@@ -29,8 +29,11 @@ CLASSES = ("background", "disc", "square", "triangle", "ring", "stripe")
 COLORS = ((70, 70, 70), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48))
 IGNORE = 255
 SPLITS = ("train", "val", "test")
-DEFAULT_SIZES = {"train": 1000, "val": 100, "test": 200}
+DEFAULT_SIZES = {"train": 800, "val": 100, "test": 200}
 DEFAULT_SEED = 0
+# Shapes are vivid, the background is greyish: colour tells where objects are (the thin clutter lines
+# excepted), and which object it is only its outline tells.
+SHAPE_SATURATION, BACKGROUND_SATURATION = (170, 256), (0, 70)
 SUPERSAMPLE = 4  # shapes are rasterised at 4x and averaged down: anti-aliased edges, exact coverage
 
 
@@ -44,9 +47,11 @@ class Shape:
     angle: float
 
 
-def _random_colour(rng: np.random.Generator) -> np.ndarray:
-    """An RGB colour with any hue, a saturation and a brightness that vary widely."""
-    hsv = np.array([[[rng.integers(0, 180), rng.integers(40, 256), rng.integers(60, 256)]]], np.uint8)
+def _random_colour(
+    rng: np.random.Generator, saturation: tuple[int, int] = (0, 256), value: tuple[int, int] = (40, 256)
+) -> np.ndarray:
+    """An RGB colour of any hue, with a saturation and a brightness (0-255) drawn from the given ranges."""
+    hsv = np.array([[[rng.integers(0, 180), rng.integers(*saturation), rng.integers(*value)]]], np.uint8)
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
 
 
@@ -56,9 +61,9 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
     return cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC).clip(-1, 1)
 
 
-def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
+def _texture(rng: np.random.Generator, size: int, saturation: tuple[int, int] = (0, 256)) -> np.ndarray:
     """A size x size x 3 float image: two colours mixed by a grating or blotchy noise."""
-    first, second = _random_colour(rng), _random_colour(rng)
+    first, second = _random_colour(rng, saturation), _random_colour(rng, saturation)
     if rng.random() < 0.5:
         y, x = np.mgrid[0:size, 0:size].astype(np.float32)
         theta = rng.uniform(0, math.pi)
@@ -138,13 +143,14 @@ def _lighting(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def render(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """One sample: an RGB uint8 image (size x size x 3) and its uint8 label of train ids and 255."""
-    image = _texture(rng, size)
+    image = _texture(rng, size, BACKGROUND_SATURATION)
     _clutter(rng, image)
     label = np.zeros((size, size), np.uint8)
     uncertain = np.zeros((size, size), bool)
     for shape in _shapes(rng, size):
         alpha = coverage(shape, size)
-        fill = _texture(rng, size) if rng.random() < 0.5 else np.broadcast_to(_random_colour(rng), image.shape)
+        colour = _random_colour(rng, SHAPE_SATURATION, (150, 256))
+        fill = colour * (1 + 0.25 * _smooth_noise(rng, size, 2)[..., None])  # a little shading
         image = image * (1 - alpha[..., None]) + fill * alpha[..., None]
         label[alpha >= 0.5] = shape.cls
         uncertain[alpha >= 0.8] = False  # an edge this shape covers is no edge any more
