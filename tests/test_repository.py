@@ -108,3 +108,14 @@ def test_quick_start_is_two_commands_and_ci_runs_the_second():
     assert commands[1] in ci and ci.index(commands[1]) > ci.index("ruff format --check .")
     for script in ("tool/quickstart.sh", "tests/run.sh"):
         assert (ROOT / script).is_file()
+
+
+def test_training_memory_estimate_runs_on_the_cpu():
+    result = subprocess.run(
+        [sys.executable, "benchmarks/training_memory.py", "config/shapes/shapes_segnet_0.75.yaml", "--batch", "1", "4"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "activations kept for backward" in result.stdout and "4 image(s) per GPU" in result.stdout

@@ -54,7 +54,7 @@ def draw(channels: int, keep: int, seed: int = 0) -> np.ndarray:
     cv2.putText(image, f"k = {keep} kept", (px + 150, bottom - 120), font, 0.55, (40, 120, 40), 1, cv2.LINE_AA)
     removed = f"C - k = {channels - keep} removed"
     width = cv2.getTextSize(removed, font, 0.55, 1)[0][0]
-    cv2.putText(image, removed, (px - width - 8, bottom - 30), font, 0.55, (60, 60, 160), 1, cv2.LINE_AA)
+    cv2.putText(image, removed, (px - width - 45, bottom - 30), font, 0.55, (60, 60, 160), 1, cv2.LINE_AA)
 
     dense = torch.linspace(z_min, z_max, 600)
     for temperature, colour in zip(TEMPERATURES, COLOURS):
