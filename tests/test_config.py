@@ -240,7 +240,8 @@ def test_every_dataset_and_network_is_shipped_dense_and_at_four_sparsities():
             assert f"{experiment}{suffix}.yaml" in names
     for suffix in ("", "_0.5", "_0.75", "_0.875", "_0.9375"):
         assert f"cifar10/cifar10_resnet18{suffix}.yaml" in names
-    assert len(names) == 30
+        assert f"shapes/shapes_segnet{suffix}.yaml" in names
+    assert len(names) == 35
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda path: path.stem)
@@ -255,7 +256,16 @@ def test_shipped_config_validates(path):
     assert cfg.data_root == f"data/{cfg.dataset}"
     if cfg.arch != "resnet18":  # CIFAR-10 reads its batch files, no list
         assert cfg.train_list.startswith(f"data/{cfg.dataset}/")
-    assert cfg.base_lr == 0.01 and cfg.momentum == 0.9 and cfg.power == 0.9 and cfg.scales == [1.0]
+    assert cfg.momentum == 0.9 and cfg.power == 0.9 and cfg.scales == [1.0]
+    if cfg.dataset != "shapes":  # the built-in default has its own CPU-sized recipe
+        assert cfg.base_lr == 0.01
+
+
+def test_the_default_experiment_is_sized_for_a_cpu():
+    cfg = load_config(ROOT / "config" / "shapes" / "shapes_segnet_0.75.yaml")
+    assert (cfg.arch, cfg.width, cfg.classes, cfg.sparsity) == ("segnet", 0.25, 6, 0.75)
+    assert (cfg.train_h, cfg.test_h, cfg.base_size) == (64, 64, 64) and cfg.evaluate and cfg.manual_seed == 1
+    assert cfg.ending_epoch < cfg.epochs  # training goes on after the hard conversion
 
 
 def test_shipped_recipes_are_the_publications():

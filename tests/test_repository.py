@@ -103,3 +103,27 @@ def test_train_step_overhead_benchmark_runs():
     assert result.returncode == 0, result.stderr
     row = result.stdout.splitlines()[-1].split("|")
     assert [cell.strip() for cell in row[1:3]] == ["SegNet", "33"] and float(row[5]) > 0
+
+
+def test_quick_start_is_two_commands_and_ci_runs_the_second():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```shell\n(.*?)```", section, re.S)
+    assert len(blocks) == 1
+    commands = [line.split("#")[0].strip() for line in blocks[0].splitlines() if line.strip()]
+    assert commands == ["sh tool/quickstart.sh", "sh tests/run.sh"]
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert commands[1] in ci and ci.index(commands[1]) > ci.index("ruff format --check .")
+    for script in ("tool/quickstart.sh", "tests/run.sh"):
+        assert (ROOT / script).is_file()
+
+
+def test_training_memory_estimate_runs_on_the_cpu():
+    result = subprocess.run(
+        [sys.executable, "benchmarks/training_memory.py", "config/shapes/shapes_segnet_0.75.yaml", "--batch", "1", "4"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "activations kept for backward" in result.stdout and "4 image(s) per GPU" in result.stdout

@@ -138,6 +138,36 @@ RECIPES = {
         manual_seed=1,
         evaluate=True,
     ),
+    # The built-in default: a quarter-width SegNet on 64x64 synthetic images (util/shapes.py), sized so
+    # that training and testing take a few minutes on two CPU cores.
+    ("shapes", "segnet"): dict(
+        SEGNET,
+        classes=6,
+        width=0.25,
+        min_remaining_elements=4,
+        optimizer="adam",
+        base_lr=0.006,
+        weight_decay=0.0001,
+        scale_min=0.75,
+        scale_max=1.25,
+        train_h=64,
+        train_w=64,
+        batch_size=4,
+        batch_size_val=25,
+        workers=0,
+        epochs=20,
+        ending_epoch=12,
+        manual_seed=1,
+        evaluate=True,
+        print_freq=25,
+        keep_checkpoints=1,
+        base_size=64,
+        test_h=64,
+        test_w=64,
+        train_list="data/shapes/train.txt",
+        val_list="data/shapes/val.txt",
+        test_list="data/shapes/test.txt",
+    ),
 }
 
 

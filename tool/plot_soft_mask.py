@@ -1,5 +1,7 @@
 """Draw the ACoSP selection scheme: the soft top-k mask over sorted logits at falling temperatures.
 
+The threshold x0 and the k channels above it, which the hard mask keeps, are marked.
+
     python tool/plot_soft_mask.py [--output figures/acosp.png] [--channels 64] [--keep 16]
 
 Drawn with OpenCV alone, so it needs nothing beyond the repository's dependencies.
@@ -43,8 +45,16 @@ def draw(channels: int, keep: int, seed: int = 0) -> np.ndarray:
         cv2.putText(image, f"{y:.1f}", (left - 45, py + 5), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     _, x0 = sigmoid_soft_top_k(logits, keep, 1.0)
     px, _ = to_pixel(float(x0), 0)
+    # The k kept channels lie above x0: shade their side of the threshold and ring their dots below.
+    shade = image.copy()
+    cv2.rectangle(shade, (px, top + 1), (right - 1, bottom - 1), (235, 245, 235), -1)
+    image[:] = cv2.addWeighted(shade, 0.8, image, 0.2, 0)
     cv2.line(image, (px, top), (px, bottom), (120, 120, 120), 1, cv2.LINE_AA)
-    cv2.putText(image, "x0", (px + 5, bottom - 10), font, 0.5, (80, 80, 80), 1, cv2.LINE_AA)
+    cv2.putText(image, "x0 = quantile(z, 1 - k/C)", (px + 8, bottom - 30), font, 0.5, (80, 80, 80), 1, cv2.LINE_AA)
+    cv2.putText(image, f"k = {keep} kept", (px + 150, bottom - 120), font, 0.55, (40, 120, 40), 1, cv2.LINE_AA)
+    removed = f"C - k = {channels - keep} removed"
+    width = cv2.getTextSize(removed, font, 0.55, 1)[0][0]
+    cv2.putText(image, removed, (px - width - 45, bottom - 30), font, 0.55, (60, 60, 160), 1, cv2.LINE_AA)
 
     dense = torch.linspace(z_min, z_max, 600)
     for temperature, colour in zip(TEMPERATURES, COLOURS):
@@ -54,14 +64,19 @@ def draw(channels: int, keep: int, seed: int = 0) -> np.ndarray:
         mask = torch.sigmoid((z - x0) / temperature)
         for x, y in zip(z, mask):
             cv2.circle(image, to_pixel(float(x), float(y)), 3, colour, -1, cv2.LINE_AA)
+    for x in z:  # the channels themselves, on the axis: kept (ringed) or removed
+        point = to_pixel(float(x), 0.0)
+        point = (point[0], bottom + 14)
+        kept = bool(x > x0)
+        cv2.circle(image, point, 4, (40, 140, 40) if kept else (150, 150, 150), -1 if kept else 1, cv2.LINE_AA)
     for row, (temperature, colour) in enumerate(zip(TEMPERATURES, COLOURS)):
         y = top + 25 + 22 * row
         cv2.line(image, (left + 15, y - 5), (left + 45, y - 5), colour, 2, cv2.LINE_AA)
         cv2.putText(image, f"T = {temperature:g}", (left + 55, y), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     title = f"soft top-k mask: keep k={keep} of C={channels} channels, mask = sigmoid((z - x0) / T)"
     cv2.putText(image, title, (left, 30), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
-    label = "normalised logit z (dots: the channels of one layer)"
-    cv2.putText(image, label, (left + 180, HEIGHT - 25), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    label = "normalised logit z (dots: the channels of one layer; filled: kept)"
+    cv2.putText(image, label, (left + 150, HEIGHT - 20), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     return image
 
 

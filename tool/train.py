@@ -27,6 +27,7 @@ from util.config import load_config, save_config  # noqa: E402
 from util.distributed import barrier, close_processes, init_processes, masks_agree  # noqa: E402
 from util.metrics import training_metrics  # noqa: E402
 from util.optimizer import build_optimizer, drop_stale_parameters  # noqa: E402
+from util.shapes import ensure_dataset  # noqa: E402
 from util.tensorboard import RunLog, pruning_logs, read_palette  # noqa: E402
 from util.training import (  # noqa: E402
     StepContext,
@@ -143,6 +144,9 @@ def main(argv=None) -> int:
     if not processes.is_main:
         logging.getLogger().setLevel(logging.WARNING)
     logger.info("config %s, %d process(es) on %s", cfg.source, processes.world_size, device)
+    if processes.is_main:
+        ensure_dataset(cfg, logger.info)  # the built-in dataset is generated on first use
+    barrier()
     seed = cfg.manual_seed if cfg.manual_seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
     seed_epoch(seed, -1)
     torch.backends.cudnn.benchmark = cfg.manual_seed is None

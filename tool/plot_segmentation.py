@@ -1,0 +1,86 @@
+"""Draw segmentation maps side by side: input, ground truth, then the prediction of each experiment.
+
+    python tool/plot_segmentation.py shapes segnet segnet_0.5 segnet_0.75 segnet_0.875 segnet_0.9375
+    python tool/plot_segmentation.py camvid segnet segnet_0.75 --count 3 --height 240 --output camvid.png
+
+Each EXP is config/DATASET/DATASET_EXP.yaml with its checkpoint exp/DATASET/EXP/model/final.pth
+(--folder replaces exp/DATASET; --set KEY VALUE ... overrides every config, e.g. its test_list);
+the images are the first --count entries of the first config's test_list (with labels), predicted
+as tool/test.py predicts them (the config's scales and flips). Drawn with OpenCV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from util.checkpoint import CheckpointError, model_from_checkpoint  # noqa: E402
+from util.config import ConfigError, load_config, repo_path  # noqa: E402
+from util.dataset import read_image, read_label  # noqa: E402
+from util.evaluate import read_entries  # noqa: E402
+from util.inference import SlidingWindowPredictor  # noqa: E402
+from util.palette import colorize, read_colors  # noqa: E402
+from util.plot import labelled_grid, save_png  # noqa: E402
+
+
+def title(cfg) -> str:
+    if cfg.sparsity == 0:
+        return "dense"
+    return f"ACoSP-{1 / (1 - cfg.sparsity):g} (s={cfg.sparsity:g})"
+
+
+def draw(
+    dataset: str, experiments: list[str], count: int, height: int, folder: Path, opts: list[str], device: str = "cpu"
+) -> np.ndarray:
+    configs = [
+        load_config(
+            ROOT / "config" / dataset / f"{dataset}_{exp}.yaml", opts + ["save_path", str(folder / exp / "model")]
+        )
+        for exp in experiments
+    ]
+    first = configs[0]
+    if first.test_list is None:
+        raise ConfigError(f"{first.source}: test_list is not set")
+    entries = read_entries("val", repo_path(first.data_root), repo_path(first.test_list))[:count]
+    colours = read_colors(repo_path(first.colors_path))
+    rows = [[read_image(e.image).astype(np.uint8), colorize(read_label(e.label), colours)] for e in entries]
+    for cfg in configs:
+        path = repo_path(cfg.model_path) if cfg.model_path else repo_path(cfg.save_path) / "final.pth"
+        predictor = SlidingWindowPredictor.from_config(model_from_checkpoint(path, cfg), cfg, device)
+        with torch.no_grad():
+            for row, entry in zip(rows, entries):
+                row.append(colorize(predictor.predict(read_image(entry.image)), colours))
+    return labelled_grid(["input", "ground truth", *map(title, configs)], rows, height)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset")
+    parser.add_argument("experiments", nargs="+", help="EXP names as for tool/train.sh, e.g. segnet segnet_0.75")
+    parser.add_argument("--count", type=int, default=4, help="images, from the top of test_list (default 4)")
+    parser.add_argument("--height", type=int, default=128, help="pixel height of every cell (default 128)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--folder", type=Path, help="the experiments' folders are FOLDER/EXP (default exp/DATASET)")
+    parser.add_argument("--output", type=Path, default=Path("figures/shapes_segmentation.png"))
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY VALUE", help="config overrides for every EXP")
+    args = parser.parse_args(argv)
+    folder = args.folder if args.folder is not None else Path("exp") / args.dataset
+    try:
+        image = draw(args.dataset, args.experiments, args.count, args.height, folder, args.set, args.device)
+    except (ConfigError, CheckpointError, OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    save_png(image, args.output, rgb=True)
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
