@@ -84,7 +84,7 @@ def _minutes(seconds: float) -> str:
     return "n/a" if seconds != seconds else f"{seconds / 60:.1f} min"
 
 
-def markdown(rows: list[dict], command: str, minutes: float, where: str) -> str:
+def markdown(rows: list[dict], command: str, minutes: float | None, where: str) -> str:
     dense = next((row for row in rows if row["sparsity"] == 0), None)
     lines = [
         "| sparsity | ACoSP-N (1/(1-s)) | mIoU | mAcc | parameters | counted ratio | kept channels | run time |",
@@ -99,10 +99,12 @@ def markdown(rows: list[dict], command: str, minutes: float, where: str) -> str:
             f"{100 * row['mAcc']:.2f} | {format_count(row['parameters'])} | {counted} | "
             f"{row['kept_channels']} / {row['channels']} | {_minutes(row['seconds'])} |"
         )
+    made = f"made by `{command}` in {minutes:.0f} minutes" if minutes is not None else f"written by `{command}`"
     lines += [
         "",
-        f"*Made by `{command}` in {minutes:.0f} minutes on {where}; mIoU and mAcc (%) on the 200 test "
-        "images, one scale with flips.*",
+        f"*Table {made}; each run is `sh tool/train.sh shapes EXP` (training, then the test), its wall time in "
+        f"the last column, on {where}. mIoU and mAcc (%) on the 200 test images, one scale with flips; "
+        "parameters as the compressed network has them (acosp.stats.model_statistics).*",
     ]
     return "\n".join(lines)
 
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{machine()}, shared with other work ({args.jobs} run(s) at a time, OMP_NUM_THREADS={threads}, "
         f"torch {__import__('torch').__version__}, {time.strftime('%Y-%m-%d')})"
     )
-    table = markdown(rows, command, minutes, where)
+    table = markdown(rows, command, None if args.skip_training else minutes, where)
     print(table)
     record = {"command": command, "machine": where, "date": time.strftime("%Y-%m-%d"), "minutes": minutes, "rows": rows}
     with atomic_path(args.json) as temporary:
