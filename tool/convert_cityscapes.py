@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from util.prepare_data import prepare_cityscapes  # noqa: E402
+from util.prepare_data import prepare_cityscapes, run_and_report  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,14 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("root", type=Path, help="the Cityscapes folder with leftImg8bit/ and gtFine/")
     parser.add_argument("--splits", nargs="+", default=["train", "val"], choices=["train", "val", "test"])
     args = parser.parse_args(argv)
-    try:
-        counts = prepare_cityscapes(args.root, args.splits)
-    except (OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    for name, count in counts.items():
-        print(f"{args.root / name}: {count} samples")
-    return 0
+    return run_and_report(lambda: prepare_cityscapes(args.root, args.splits), args.root)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from util.prepare_data import PREPARE  # noqa: E402
+from util.prepare_data import PREPARE, run_and_report  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,14 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dataset", choices=sorted(PREPARE))
     parser.add_argument("root", type=Path, help="the dataset's folder, the data_root of its configs")
     args = parser.parse_args(argv)
-    try:
-        counts = PREPARE[args.dataset](args.root)
-    except (OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    for name, count in counts.items():
-        print(f"{args.root / name}: {count} samples")
-    return 0
+    return run_and_report(lambda: PREPARE[args.dataset](args.root), args.root)
 
 
 if __name__ == "__main__":

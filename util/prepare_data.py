@@ -8,7 +8,8 @@ ADE20K's 0 = 'other') are converted beside the originals. Everything is written 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import cv2
@@ -141,3 +142,15 @@ PREPARE = {
     "voc2012": prepare_voc2012,
     "camvid": prepare_camvid,
 }
+
+
+def run_and_report(prepare: Callable[[], dict[str, int]], root: Path) -> int:
+    """Run a preparation step for a command-line tool: print the list files written, or the error; exit status."""
+    try:
+        counts = prepare()
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for name, count in counts.items():
+        print(f"{root / name}: {count} samples")
+    return 0
