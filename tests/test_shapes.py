@@ -170,7 +170,7 @@ def test_quick_start_trains_tests_reports_and_feeds_the_figures_and_the_table(tm
         *shared,
     )
     text = readme.read_text()
-    assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
+    assert text.startswith("before\n") and text.endswith("after\n") and "\nold\n" not in text
     assert "| 0.75 | 4 |" in text and "python benchmarks/shapes_table.py --skip-training" in text
     record = json.loads((tmp_path / "table.json").read_text())
     assert record["rows"][0]["kept_channels"] == 496 and 0 <= record["rows"][0]["mIoU"] <= 1

@@ -36,6 +36,8 @@ def draw(scalars: dict, title: str) -> np.ndarray:
     text(image, title, (70, 28), 0.55)
     low, high = min(value for _, value in temperature), max(value for _, value in temperature)
     top_range = (10 ** math.floor(math.log10(min(low, 1.0))), 10 ** math.ceil(math.log10(high)))
+    if top_range[0] == top_range[1]:  # one temperature only: show a decade below it
+        top_range = (top_range[0] / 10, top_range[1])
     upper = Panel(image, (80, 60, 870, 280), (0, last), top_range, log_y=True)
     exponents = range(round(math.log10(top_range[0])), round(math.log10(top_range[1])) + 1)
     ticks = range(0, last + 1, max(1, last // 10))
