@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from util.atomic import atomic_path
 from util.dataset import Cifar10
-from util.distributed import all_reduce_sum
+from util.distributed import all_reduce_sum, rank_and_world
 from util.palette import read_names
 from util.training import cifar_transforms
 
@@ -26,11 +26,9 @@ def test_classifier(cfg: Any, model: nn.Module, device: torch.device) -> dict[st
 
     With several processes each takes every n-th image and the counts are summed.
     """
-    from util.distributed import init_processes
-
-    processes = init_processes(device.type)
+    rank, world = rank_and_world()
     dataset = Cifar10(cfg.path("data_root"), train=False, transform=cifar_transforms(cfg, train=False))
-    shard = torch.utils.data.Subset(dataset, range(processes.rank, len(dataset), processes.world_size))
+    shard = torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
     loader = DataLoader(shard, batch_size=cfg.batch_size_val, num_workers=cfg.workers)
     correct = torch.zeros(cfg.classes, dtype=torch.int64, device=device)
     total = torch.zeros(cfg.classes, dtype=torch.int64, device=device)
@@ -51,7 +49,7 @@ def test_classifier(cfg: Any, model: nn.Module, device: torch.device) -> dict[st
     rows = [(name, f"{value:.4f}") for name, value in zip(names, per_class)] + [("accuracy", f"{accuracy:.4f}")]
     folder = Path(cfg.path("save_folder")) / "test"
     path = folder / "metrics.csv"
-    if processes.is_main:
+    if rank == 0:
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)

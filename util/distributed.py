@@ -56,6 +56,13 @@ def init_processes(preference: str = "auto") -> Processes:
     return Processes(rank, world_size, local_rank, device)
 
 
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes, from the process group if there is one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def close_processes() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from util.atomic import atomic_path
 from util.config import repo_path
 from util.dataset import read_image, read_label
-from util.distributed import all_reduce_sum
+from util.distributed import all_reduce_sum, rank_and_world
 from util.inference import SlidingWindowPredictor
 from util.metrics import SegmentationMetrics
 from util.palette import colorize, read_colors, read_names
@@ -152,15 +152,9 @@ def write_metrics_csv(path: str | os.PathLike, names: Sequence[str], summary: di
     return path
 
 
-def _rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _total(count: int, device: torch.device) -> int:
     """``count`` summed over every process."""
-    if _rank_and_world()[1] > 1 and dist.get_backend() == "nccl" and device.type != "cuda":
+    if rank_and_world()[1] > 1 and dist.get_backend() == "nccl" and device.type != "cuda":
         device = torch.device("cuda")
     return int(all_reduce_sum(torch.tensor([count], dtype=torch.int64, device=device)).item())
 
@@ -193,7 +187,7 @@ def evaluate(
 
     ``progress`` shows a bar per image; by default only on a terminal, and only on rank 0.
     """
-    rank, world = _rank_and_world()
+    rank, world = rank_and_world()
     labelled = cfg.split != "test"
     if cfg.has_prediction and not labelled:
         raise ValueError(f"{cfg.source}: has_prediction is true but split test has no labels to score against")
