@@ -82,6 +82,19 @@ def test_resumed_run_equals_the_uninterrupted_one(tmp_path, workers):
     assert whole["pruner"] == resumed["pruner"]
 
 
+def test_two_runs_of_a_seeded_config_train_the_same_network(tmp_path):
+    config = write_config(tmp_path, epochs=1, ending_epoch=1)
+    torch.manual_seed(123)  # whatever the global generator holds before: manual_seed decides
+    assert train(config) == 0
+    torch.manual_seed(456)
+    assert train(config, "save_path", tmp_path / "again" / "model") == 0
+    first = torch.load(tmp_path / "exp" / "model" / "final.pth", weights_only=True)["state_dict"]
+    second = torch.load(tmp_path / "again" / "model" / "final.pth", weights_only=True)["state_dict"]
+    assert first.keys() == second.keys()
+    for key, value in first.items():
+        torch.testing.assert_close(second[key], value, rtol=0, atol=0, msg=key)
+
+
 def test_resume_auto_continues_from_last(tmp_path):
     config = write_config(tmp_path, epochs=1, sparsity=0.0)
     assert train(config) == 0

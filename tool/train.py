@@ -24,7 +24,7 @@ from acosp.inject import hard_to_conv, soft_to_hard_k  # noqa: E402
 from model import build_model, describe_arch  # noqa: E402
 from util.checkpoint import load_checkpoint, load_network_state, model_from_checkpoint, save_checkpoint  # noqa: E402
 from util.config import load_config, save_config  # noqa: E402
-from util.distributed import barrier, close_processes, init_processes, masks_agree  # noqa: E402
+from util.distributed import barrier, broadcast_int, close_processes, init_processes, masks_agree  # noqa: E402
 from util.metrics import training_metrics  # noqa: E402
 from util.optimizer import build_optimizer, drop_stale_parameters  # noqa: E402
 from util.shapes import ensure_dataset  # noqa: E402
@@ -133,6 +133,12 @@ def main(argv=None) -> int:
     model_dir = cfg.path("save_path")
     exp_dir = model_dir.parent
 
+    # The seed comes first: the network's initial weights draw from it. Without manual_seed, rank 0
+    # draws one for all, so that the ranks' shards of every epoch still partition the data.
+    seed = cfg.manual_seed if cfg.manual_seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+    seed = broadcast_int(seed, device)
+    seed_epoch(seed, -1)
+
     # Everything that can be wrong with the setup fails here, before the first iteration.
     model = build_model(cfg)
     if processes.is_main:
@@ -147,8 +153,6 @@ def main(argv=None) -> int:
     if processes.is_main:
         ensure_dataset(cfg, logger.info)  # the built-in dataset is generated on first use
     barrier()
-    seed = cfg.manual_seed if cfg.manual_seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
-    seed_epoch(seed, -1)
     torch.backends.cudnn.benchmark = cfg.manual_seed is None
     train_set, val_set = build_datasets(cfg)
     batch = per_process_batch(cfg.batch_size, processes, "batch_size")

@@ -84,6 +84,15 @@ def broadcast_flag(value: bool, device: torch.device) -> bool:
     return bool(flag.item())
 
 
+def broadcast_int(value: int, device: torch.device) -> int:
+    """Rank 0's integer on every rank (an unseeded run's random seed, so that all ranks shuffle alike)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return value
+    number = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.broadcast(number, src=0)
+    return int(number.item())
+
+
 def any_rank(value: bool, device: torch.device) -> bool:
     """True on every rank when ``value`` is true on any of them (a NaN loss on one rank stops all)."""
     flag = torch.tensor([1.0 if value else 0.0], device=device)
