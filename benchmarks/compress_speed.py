@@ -9,7 +9,9 @@ masked and the compressed network, and median latencies of the dense network, th
 and the compressed one, taking turns. "speedup" is dense latency / compressed latency;
 "of MACs" is that speedup divided by the MAC reduction; "error" is max |compressed - masked| /
 max |masked| on the benchmark input (where float32 rounding flips a max-pooling near-tie that
-SegNet unpools, the error in float64 follows). --profile adds, per compressed network, the
+SegNet unpools, the error in float64 follows); "noise" is the same measure between the masked
+network and itself run in channels_last memory format: what a mere change of summation order
+does to this network in float32, the floor for "error". --profile adds, per compressed network, the
 share of time by operation, which shows where the work that does not shrink takes over.
 --quick is a smoke test on tiny inputs.
 """
@@ -17,6 +19,7 @@ share of time by operation, which shows where the work that does not shrink take
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import warnings
 from collections import defaultdict
@@ -112,7 +115,7 @@ def benchmark(name: str, args: argparse.Namespace) -> None:
     print(f"\n{name} at {size[0]}x{size[1]}, batch 1, {describe_device(args)}")
     print(
         f"{'sparsity':>8}  {'params':>17}  {'MACs':>17}  {'MAC ratio':>9}  "
-        f"{'dense ms':>9}  {'masked ms':>9}  {'compressed ms':>13}  {'speedup':>7}  {'of MACs':>7}  error"
+        f"{'dense ms':>9}  {'masked ms':>9}  {'compressed ms':>13}  {'speedup':>7}  {'of MACs':>7}  error (noise)"
     )
     runs, warmup = (1, 0) if args.quick else (args.runs, args.warmup)
     for sparsity in sparsities:
@@ -128,6 +131,7 @@ def benchmark(name: str, args: argparse.Namespace) -> None:
             f"{human(dense_stats['macs']) + ' -> ' + human(stats['macs']):>17}  {ratio:>8.2f}x  "
             f"{latency['dense']:>9.1f}  {latency['masked']:>9.1f}  {latency['compressed']:>13.1f}  "
             f"{speedup:>6.2f}x  {speedup / ratio:>7.2f}  {exactness(compressed)}"
+            + ("" if args.half else f" ({summation_order_noise(masked, x):.1e})")
         )
         if args.profile:
             shares = ", ".join(f"{op} {share:.0%}" for op, share in operation_shares(compressed, x)[:8])
@@ -143,6 +147,15 @@ def exactness(compressed: nn.Module) -> str:
     if "relative_error_float64" in spec:
         text += f" ({spec['relative_error_float64']:.1e} in float64)"
     return text
+
+
+def summation_order_noise(masked: nn.Module, x: torch.Tensor) -> float:
+    """max |masked - masked in channels_last| / max |masked|: float32 rounding alone, with no compression."""
+    reordered = copy.deepcopy(masked).to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        reference = masked(x)
+        other = reordered(x.contiguous(memory_format=torch.channels_last))
+    return ((other - reference).abs().max() / reference.abs().max()).item()
 
 
 def describe_device(args: argparse.Namespace) -> str:

@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     minutes = (time.perf_counter() - start) / 60
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
     where = (
-        f"{machine()}, shared with other work ({args.jobs} run(s) at a time, OMP_NUM_THREADS={threads}, "
+        f"{machine()} ({args.jobs} run(s) at a time, OMP_NUM_THREADS={threads}, "
         f"torch {__import__('torch').__version__}, {time.strftime('%Y-%m-%d')})"
     )
     table = markdown(rows, command, None if args.skip_training else minutes, where)
