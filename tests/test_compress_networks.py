@@ -136,6 +136,8 @@ def test_speed_benchmark_runs_quickly():
     assert len(rows) == 1
     for row in rows:
         assert row[7].endswith("x") and float(row[7].rstrip("x")) > 4  # MAC ratio at sparsity 0.75
+        error, noise = float(row[-2]), float(row[-1].strip("()"))  # compressed vs masked; masked vs itself
+        assert 0 <= error < 1e-4 and 0 <= noise < 1e-3
 
 
 def test_tool_test_scores_a_compressed_checkpoint_as_the_masked_one(experiment, tmp_path):  # noqa: F811
