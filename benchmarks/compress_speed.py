@@ -1,6 +1,6 @@
 """How much smaller and faster compression makes PSPNet50 and SegNet, dense and at the publication's sparsities.
 
-    python benchmarks/compress_speed.py [--runs 5] [--warmup 2] [--threads N] [--profile] [--quick]
+    python benchmarks/compress_speed.py [--runs 5] [--warmup 2] [--threads N] [--round-to 8] [--profile] [--quick]
 
 For PSPNet50 at 473x473 and SegNet at 360x480 (batch 1, torch.inference_mode, CPU unless --device
 cuda), dense and at sparsity 0.5, 0.75, 0.875 and 0.9375, with random hard masks and BatchNorm
@@ -52,6 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--half", action="store_true", help="float16 (on CUDA)")
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
     parser.add_argument("--sparsities", nargs="+", type=float, default=list(SPARSITIES))
+    parser.add_argument("--round-to", type=int, default=1, help="keep multiples of this many channels per layer")
     parser.add_argument("--profile", action="store_true", help="time shares by operation of each compressed network")
     parser.add_argument("--quick", action="store_true", help="tiny inputs, one sparsity, one run: a smoke test")
     return parser.parse_args(argv)
@@ -71,12 +72,12 @@ def trained_looking(model: nn.Module, seed: int) -> nn.Module:
     return model
 
 
-def masked_network(arch: dict, sparsity: float, seed: int = 0) -> nn.Module:
+def masked_network(arch: dict, sparsity: float, seed: int = 0, round_to: int = 1) -> nn.Module:
     """The network with random hard masks (random logits, then the top-k of each layer)."""
     torch.manual_seed(seed)
     model = trained_looking(build_model(arch), seed)
     if sparsity > 0:
-        pruner = SoftTopKPruner(final_sparsity=sparsity)
+        pruner = SoftTopKPruner(final_sparsity=sparsity, round_to=round_to)
         model = pruner.on_pruning_end(pruner.configure_model(model))
     return model.eval()
 
@@ -119,7 +120,7 @@ def benchmark(name: str, args: argparse.Namespace) -> None:
     )
     runs, warmup = (1, 0) if args.quick else (args.runs, args.warmup)
     for sparsity in sparsities:
-        masked = masked_network(arch, sparsity).to(args.device, dtype)
+        masked = masked_network(arch, sparsity, round_to=args.round_to).to(args.device, dtype)
         compressed = compress(masked, x, check=not args.half)
         stats = model_statistics(compressed, x)
         models = {"dense": dense, "masked": masked, "compressed": compressed}
