@@ -210,8 +210,6 @@ def main(argv=None) -> int:
             seed_epoch(seed, epoch)
             train_sampler.set_epoch(epoch)
             result = train_epoch(model, train_loader, epoch, context, training_metrics(cfg, device))
-            if pruner is not None:
-                pruner.update_mask_layers(model, epoch)
             run_log.epoch("train", result.loss, result.metrics, epoch + 1)
             logger.info("epoch %d/%d train loss %.4f %s", epoch + 1, cfg.epochs, result.loss, _summary(result.metrics))
             if val_loader is not None:
@@ -220,6 +218,10 @@ def main(argv=None) -> int:
                 run_log.images(val.samples, palette, cfg.mean, cfg.std, epoch + 1)
                 logger.info("epoch %d/%d val loss %.4f %s", epoch + 1, cfg.epochs, val.loss, _summary(val.metrics))
                 best = {"epoch": epoch + 1, **val.metrics} if _better(val.metrics, best) else best
+            if pruner is not None:
+                # After validation: BatchNorm's running statistics were gathered at this epoch's
+                # temperature, and validating at the next one would scale channels they never saw.
+                pruner.update_mask_layers(model, epoch)
             if processes.distributed and pruner is not None:
                 if not masks_agree(model):
                     raise TrainingError(f"epoch {epoch + 1}: the masks differ between processes")
