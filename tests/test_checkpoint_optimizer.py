@@ -9,13 +9,7 @@ from acosp import SoftTopKPruner
 from acosp.inject import soft_masks, soft_to_hard_k
 from model import build_model, describe_arch
 from util.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
-from util.optimizer import (
-    build_optimizer,
-    drop_stale_parameters,
-    learning_rate,
-    parameter_groups,
-    set_learning_rate,
-)
+from util.optimizer import build_optimizer, drop_stale_parameters, learning_rate, parameter_groups
 
 SMALL_SEGNET = {"arch": "segnet", "classes": 3, "width": 0.125}
 
@@ -101,23 +95,6 @@ def test_dropping_the_logits_leaves_the_optimizer_a_fresh_one_would_be():
     fresh.load_state_dict(optimizer.state_dict())  # same groups, same order, same sizes
     assert [len(g["params"]) for g in fresh.param_groups] == [len(g["params"]) for g in optimizer.param_groups]
     _train_step(model, optimizer)  # momentum of the remaining parameters carries on
-
-
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_mask_lr_factor_gives_the_logits_a_group_that_goes_when_the_masks_harden(optimizer):
-    model = SoftTopKPruner(final_sparsity=0.5).configure_model(build_model({"arch": "psp", "classes": 3}))
-    cfg = Settings({**SGD, "optimizer": optimizer, "mask_lr_factor": 0.01})
-    built = build_optimizer(model, cfg)
-    logits = {id(mask.weight) for mask in soft_masks(model)}
-    assert [g["lr_factor"] for g in built.param_groups] == [1.0, 10.0, 0.01]
-    assert {id(p) for p in built.param_groups[2]["params"]} == logits  # head logits too
-    assert not logits & {id(p) for g in built.param_groups[:2] for p in g["params"]}
-    set_learning_rate(built, 0.1)
-    assert [g["lr"] for g in built.param_groups] == pytest.approx([0.1, 1.0, 0.001])
-    model = soft_to_hard_k(model)
-    assert drop_stale_parameters(built, model) == len(logits)
-    assert [g["lr_factor"] for g in built.param_groups] == [1.0, 10.0]
-    build_optimizer(model, cfg).load_state_dict(built.state_dict())  # a resumed hard run builds this one
 
 
 def test_learning_rate_schedules():

@@ -10,6 +10,7 @@ import torch
 from test_pruner import read_scalars
 from train_helpers import CIFAR_MEAN, CIFAR_STD, ROOT, load_tool, write_cifar_config, write_config
 
+from acosp.inject import soft_masks
 from acosp.masks import num_kept_channels
 from util.checkpoint import model_from_checkpoint
 from util.training import TrainingError
@@ -93,6 +94,27 @@ def test_two_runs_of_a_seeded_config_train_the_same_network(tmp_path):
     assert first.keys() == second.keys()
     for key, value in first.items():
         torch.testing.assert_close(second[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_validation_sees_the_temperature_the_epoch_trained_at(tmp_path, monkeypatch):
+    """BatchNorm's running statistics come from the epoch's masks: validating at the next temperature would mix them."""
+    seen = {"train": [], "val": []}
+
+    def temperatures(model):
+        return [float(mask.temperature) for mask in soft_masks(model)]
+
+    def recording(kind, function):
+        def run(model, *args, **kwargs):
+            seen[kind].append(temperatures(model))
+            return function(model, *args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(train_tool, "train_epoch", recording("train", train_tool.train_epoch))
+    monkeypatch.setattr(train_tool, "validate", recording("val", train_tool.validate))
+    assert train(write_config(tmp_path, epochs=3, ending_epoch=3)) == 0
+    assert seen["val"] == seen["train"] and len(seen["val"]) == 3
+    assert len({tuple(epoch) for epoch in seen["train"]}) > 1  # the temperature did fall
 
 
 def test_resume_auto_continues_from_last(tmp_path):

@@ -118,7 +118,6 @@ SCHEMA: dict[str, Key] = {
         ("starting_epoch", int, 0, "the mask temperature starts falling after this epoch"),
         ("ending_epoch", int, 30, "pruning ends here: the masks become binary before this epoch trains"),
         ("learnable_weights", bool, True, "the mask logits are trained (false: random, fixed)"),
-        ("mask_lr_factor", float, None, "learning-rate factor of the mask logits; null: that of the layer they mask"),
         ("initial_temp", float, 1.0, "mask temperature at starting_epoch"),
         ("final_temp", float, 0.001, "mask temperature at ending_epoch"),
         ("min_remaining_elements", int, 8, "a pruned layer keeps at least this many channels"),
@@ -397,10 +396,6 @@ def _problems(cfg: CfgNode) -> list[str]:
     need(cfg.aux_weight >= 0, f"aux_weight must not be negative, got {cfg.aux_weight}")
     need(cfg.base_lr > 0, f"base_lr must be positive, got {cfg.base_lr}")
     need(cfg.head_lr_factor > 0, f"head_lr_factor must be positive, got {cfg.head_lr_factor}")
-    need(
-        cfg.mask_lr_factor is None or cfg.mask_lr_factor >= 0,
-        f"mask_lr_factor must not be negative, got {cfg.mask_lr_factor}",
-    )
     need(cfg.power > 0, f"power must be positive, got {cfg.power}")
     need(0 <= cfg.momentum < 1, f"momentum must be in [0, 1), got {cfg.momentum}")
     need(cfg.lr_schedule in ("poly", "cosine"), f"lr_schedule must be poly or cosine, got {cfg.lr_schedule!r}")

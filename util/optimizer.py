@@ -12,42 +12,31 @@ from typing import Any
 import torch
 from torch import nn
 
-from acosp.inject import soft_masks, unwrap
+from acosp.inject import unwrap
 
 SCHEDULES = ("poly", "cosine")
 OPTIMIZERS = ("sgd", "adam")
 
 
-def parameter_groups(
-    model: nn.Module, head_lr_factor: float, mask_lr_factor: float | None = None
-) -> list[dict[str, Any]]:
-    """The backbone's parameters at factor 1, the heads' (the network's ``heads`` attribute) at
-    ``head_lr_factor``. A mask's logits go with the layer they mask, or, with ``mask_lr_factor``,
-    into a group of their own at that factor (while there are soft masks).
+def parameter_groups(model: nn.Module, head_lr_factor: float) -> list[dict[str, Any]]:
+    """The backbone's parameters at factor 1, the heads' (the network's ``heads`` attribute) at ``head_lr_factor``.
 
-    Why a group of their own: a mask before BatchNorm barely changes what the network computes in
-    training, so the logits' gradients are tiny; Adam scales every step to about the learning rate
-    whatever the gradient, and at a low temperature logits that move that fast switch channels on
-    and off from one iteration to the next.
+    A mask's logits go with the layer they mask.
     """
     network = unwrap(model)
     heads = [getattr(network, name) for name in getattr(network, "heads", ())]
     in_heads = {id(p) for head in heads for p in head.parameters()}
-    logits = [p for mask in soft_masks(network) for p in mask.parameters()] if mask_lr_factor is not None else []
-    apart = {id(p) for p in logits}
-    backbone = [p for p in network.parameters() if id(p) not in in_heads and id(p) not in apart]
-    head = [p for p in network.parameters() if id(p) in in_heads and id(p) not in apart]
+    backbone = [p for p in network.parameters() if id(p) not in in_heads]
+    head = [p for p in network.parameters() if id(p) in in_heads]
     groups = [{"params": backbone, "lr_factor": 1.0}]
     if head:
         groups.append({"params": head, "lr_factor": float(head_lr_factor)})
-    if logits:
-        groups.append({"params": logits, "lr_factor": float(mask_lr_factor)})
     return groups
 
 
 def build_optimizer(model: nn.Module, cfg: Any) -> torch.optim.Optimizer:
     """SGD with momentum (the segmentation recipes) or Adam (CIFAR-10), over ``parameter_groups``."""
-    groups = parameter_groups(model, cfg.head_lr_factor, cfg.get("mask_lr_factor"))
+    groups = parameter_groups(model, cfg.head_lr_factor)
     name = getattr(cfg, "optimizer", "sgd")
     if name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -86,5 +75,4 @@ def drop_stale_parameters(optimizer: torch.optim.Optimizer, model: nn.Module) ->
                 optimizer.state.pop(p, None)
                 dropped += 1
         group["params"] = kept
-    optimizer.param_groups[:] = [group for group in optimizer.param_groups if group["params"]]  # the logits' group
     return dropped
