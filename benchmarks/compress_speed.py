@@ -11,8 +11,9 @@ and the compressed one, taking turns. "speedup" is dense latency / compressed la
 max |masked| on the benchmark input (where float32 rounding flips a max-pooling near-tie that
 SegNet unpools, the error in float64 follows); "noise" is the same measure between the masked
 network and itself run in channels_last memory format: what a mere change of summation order
-does to this network in float32, the floor for "error". --profile adds, per compressed network, the
-share of time by operation, which shows where the work that does not shrink takes over.
+does to this network in float32 (for SegNet, of the order of "error"). --profile adds, per
+compressed network, the share of time by operation, which shows where the work that does not
+shrink takes over.
 --quick is a smoke test on tiny inputs.
 """
 
