@@ -75,15 +75,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def broadcast_flag(value: bool, device: torch.device) -> bool:
-    """Rank 0's ``value`` on every rank, so that all processes take the same branch (stop, save...)."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return value
-    flag = torch.tensor([1.0 if value else 0.0], device=device)
-    dist.broadcast(flag, src=0)
-    return bool(flag.item())
-
-
 def broadcast_int(value: int, device: torch.device) -> int:
     """Rank 0's integer on every rank (an unseeded run's random seed, so that all ranks shuffle alike)."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):
