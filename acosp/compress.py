@@ -28,7 +28,14 @@ from acosp.inject import MaskedConv, UnprunableConv2d, _output_channel_weight, u
 from acosp.layers import CompressedConv2d, CompressedConvTranspose2d, RemovedLayer
 from acosp.trace import Graph, Node, Value, trace
 
-__all__ = ["UnsupportedOperation", "apply_compression_spec", "compress", "compression_report", "compression_spec"]
+__all__ = [
+    "UnsupportedOperation",
+    "apply_compression_spec",
+    "compress",
+    "compression_report",
+    "compression_spec",
+    "relative_error",
+]
 
 SPEC_FORMAT = "acosp.compression"
 SPEC_VERSION = 1
@@ -71,7 +78,7 @@ def compress(
     compressed.eval()
     spec["input_shape"] = [list(tensor.shape) for tensor in args if isinstance(tensor, torch.Tensor)]
     if check:
-        error = _relative_error(graph.output, _run(compressed, args))
+        error = relative_error(graph.output, _run(compressed, args))
         spec["relative_error"] = error
         if not error <= tolerance:
             # The convs of the compressed network sum fewer terms in another order. Where the function
@@ -81,7 +88,7 @@ def compress(
             precise_network = copy.deepcopy(network).double().eval()
             precise_args = _double(args)
             precise_copy = compress(precise_network, precise_args, strict, False, fold_batchnorm=fold_batchnorm)
-            precise = _relative_error(_run(precise_network, precise_args), _run(precise_copy, precise_args))
+            precise = relative_error(_run(precise_network, precise_args), _run(precise_copy, precise_args))
             if not precise <= tolerance:
                 raise RuntimeError(
                     f"the compressed network differs from the masked one by {error:.3g} (relative; {precise:.3g} in "
@@ -169,7 +176,8 @@ def _double(args: tuple) -> tuple:
     return tuple(arg.double() if isinstance(arg, torch.Tensor) and arg.is_floating_point() else arg for arg in args)
 
 
-def _relative_error(reference: Any, result: Any) -> float:
+def relative_error(reference: Any, result: Any) -> float:
+    """max |result - reference| / max |reference| over the tensors of two outputs: the measure ``compress`` checks."""
     from acosp.trace import tensors_in
 
     expected, actual = list(tensors_in(reference)), list(tensors_in(result))

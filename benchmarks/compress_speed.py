@@ -31,7 +31,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from acosp.compress import compress, compression_spec  # noqa: E402
+from acosp.compress import compress, compression_spec, relative_error  # noqa: E402
 from acosp.pruner import SoftTopKPruner  # noqa: E402
 from acosp.stats import model_statistics  # noqa: E402
 from model import build_model  # noqa: E402
@@ -157,7 +157,7 @@ def summation_order_noise(masked: nn.Module, x: torch.Tensor) -> float:
     with torch.inference_mode():
         reference = masked(x)
         other = reordered(x.contiguous(memory_format=torch.channels_last))
-    return ((other - reference).abs().max() / reference.abs().max()).item()
+    return relative_error(reference, other)
 
 
 def describe_device(args: argparse.Namespace) -> str:
