@@ -19,7 +19,7 @@ ARCHS = ("psp", "segnet", "resnet18")
 # Config keys that shape each network (and so go into a checkpoint's arch), with their defaults.
 ARCH_KEYS = {
     "psp": {"layers": 50, "classes": 19, "zoom_factor": 8, "deep_base": True, "ignore_label": 255},
-    "segnet": {"classes": 11, "ignore_label": 255, "width": 1.0},
+    "segnet": {"classes": 11, "ignore_label": 255, "width": 1.0, "blocks": 5},
     "resnet18": {"classes": 10, "width": 1.0},
 }
 

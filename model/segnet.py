@@ -1,5 +1,9 @@
 """SegNet: a VGG16-BN encoder and a mirrored decoder that unpools by the encoder's max-pool indices.
 
+The published network has five blocks, so its deepest map is 1/32 of the input. ``blocks`` < 5
+keeps only the first blocks and their mirrors, for small images: at 64x64 the fifth pooling would
+leave a 2x2 map, through which the whole image has to pass (it then learns almost nothing).
+
 The encoder initialises from a torchvision-format VGG16 state dict (``features.N.weight``), with
 BatchNorm (``vgg16_bn``) or without (``vgg16``: the convs load, BatchNorm starts fresh).
 """
@@ -57,24 +61,28 @@ class SegNet(nn.Module):
         ignore_label: int = 255,
         pretrained_weights: str | Path | None = None,
         width: float = 1.0,
+        blocks: int = 5,
     ):
-        """``width`` < 1 makes every layer that much narrower (a small SegNet for CPUs and tests)."""
+        """``width`` < 1 makes every layer that much narrower, ``blocks`` < 5 the network shallower (small inputs)."""
         super().__init__()
         if classes < 2:
             raise ValueError(f"SegNet needs at least 2 classes, got {classes}")
         if not 0 < width <= 1:
             raise ValueError(f"SegNet width must be in (0, 1], got {width}")
+        if not 1 <= blocks <= len(ENCODER_WIDTHS):
+            raise ValueError(f"SegNet blocks must be in 1..{len(ENCODER_WIDTHS)}, got {blocks}")
         if width != 1 and pretrained_weights:
             raise ValueError("VGG16 weights fit only the full-width SegNet (width 1)")
+        self.blocks = blocks
         self.criterion = nn.CrossEntropyLoss(ignore_index=ignore_label)
         in_channels = 3
-        for block, widths in enumerate(ENCODER_WIDTHS, start=1):
+        for block, widths in enumerate(ENCODER_WIDTHS[:blocks], start=1):
             convs = []
             for channels in widths:
                 convs.append(conv_bn_relu(in_channels, scaled(channels, width)))
                 in_channels = scaled(channels, width)
             self.add_module(f"enc{block}", nn.Sequential(*convs))
-        for block, widths in zip(range(5, 0, -1), DECODER_WIDTHS):
+        for block, widths in zip(range(blocks, 0, -1), DECODER_WIDTHS[len(DECODER_WIDTHS) - blocks :]):
             convs = []
             for channels in widths:
                 if channels is None:
@@ -98,7 +106,10 @@ class SegNet(nn.Module):
             logger.info("no pretrained_weights given: the SegNet encoder starts from its random initialisation")
 
     def load_vgg16(self, path: str | Path) -> None:
-        """Initialise the encoder from a torchvision VGG16 or VGG16-BN state dict; ``classifier.*`` is unused."""
+        """Initialise the encoder from a torchvision VGG16 or VGG16-BN state dict; ``classifier.*`` is unused.
+
+        A SegNet of fewer blocks takes the file's first blocks and leaves the rest of it unused.
+        """
         with_batchnorm = any(key.endswith("running_mean") for key in read_state_dict(path))
         names = _vgg_feature_names(with_batchnorm)
         batchnorm_of = {conv + 1: bn for conv, (_, bn) in names.items()} if with_batchnorm else {}
@@ -109,12 +120,14 @@ class SegNet(nn.Module):
                 return key
             index, parameter = int(match.group(1)), match.group(2)
             if index in names:
-                return f"{names[index][0]}.{parameter}"
+                return f"{names[index][0]}.{parameter}"  # enc<block>.<position>.0.<parameter>
             return f"{batchnorm_of[index]}.{parameter}" if index in batchnorm_of else key
 
         def unused(key: str) -> bool:
             if not key.startswith("enc") and not key.startswith("features."):
                 return True  # the decoder, and the file's classifier
+            if key.startswith("enc") and int(key[3]) > self.blocks:
+                return True  # VGG blocks deeper than this SegNet
             return not with_batchnorm and key.split(".")[2:3] == ["1"]  # BatchNorm of a plain VGG16
 
         load_weight_file(self, path, unused=unused, rename=rename)
@@ -122,12 +135,12 @@ class SegNet(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None):
         """Logits; in training with labels ``y``, ``(prediction, main_loss, aux_loss)`` (aux_loss is 0)."""
         sizes, indices = [], []
-        for block in range(1, 6):
+        for block in range(1, self.blocks + 1):
             x = getattr(self, f"enc{block}")(x)
             sizes.append(x.shape[-2:])
             x, index = self.pool(x)
             indices.append(index)
-        for block in range(5, 0, -1):
+        for block in range(self.blocks, 0, -1):
             x = self.unpool(x, indices.pop(), output_size=sizes.pop())
             x = getattr(self, f"dec{block}")(x)
         if not (self.training and y is not None):

@@ -156,6 +156,7 @@ def test_missing_file_is_a_config_error(tmp_path):
         (["sparsity", "1"], r"sparsity must be in \[0, 1\), got 1.0"),
         (["sparsity", "-0.5"], r"sparsity must be in \[0, 1\), got -0.5"),
         (["arch", "unet"], "arch must be one of psp, segnet, resnet18, got 'unet'"),
+        (["blocks", "6"], r"blocks must be in 1..5, got 6"),
         (["layers", "34"], r"layers must be one of \(50, 101, 152\) for psp, got 34"),
         (["ignore_label", "3"], "ignore_label 3 is a class id"),
         (["ignore_label", "300"], "ignore_label must be in 0..255"),
@@ -263,7 +264,7 @@ def test_shipped_config_validates(path):
 
 def test_the_default_experiment_is_sized_for_a_cpu():
     cfg = load_config(ROOT / "config" / "shapes" / "shapes_segnet_0.75.yaml")
-    assert (cfg.arch, cfg.width, cfg.classes, cfg.sparsity) == ("segnet", 0.25, 6, 0.75)
+    assert (cfg.arch, cfg.width, cfg.blocks, cfg.classes, cfg.sparsity) == ("segnet", 0.25, 3, 6, 0.75)
     assert (cfg.train_h, cfg.test_h, cfg.base_size) == (64, 64, 64) and cfg.evaluate and cfg.manual_seed == 1
     assert cfg.ending_epoch < cfg.epochs  # training goes on after the hard conversion
 

@@ -296,3 +296,27 @@ def test_width_makes_segnet_and_resnet18_narrower():
         SegNet(width=0)
     with pytest.raises(ValueError, match="full-width"):
         SegNet(width=0.5, pretrained_weights="vgg16.pth")
+
+
+def test_blocks_make_segnet_shallower_for_small_images():
+    shallow = build_model({"arch": "segnet", "classes": 4, "width": 0.25, "blocks": 3})
+    assert describe_arch({"arch": "segnet", "classes": 4, "blocks": 3})["blocks"] == 3
+    assert not hasattr(shallow, "enc4") and not hasattr(shallow, "dec4")
+    assert shallow.enc3[2][0].out_channels == 64 and shallow.dec3[0][0].in_channels == 64
+    assert shallow.dec1[1].out_channels == 4
+    assert shallow.eval()(torch.randn(1, 3, 24, 40)).shape == (1, 4, 24, 40)  # 1/8 of 24x40 is 3x5
+    one = SegNet(classes=2, blocks=1).eval()
+    assert [name for name, _ in one.named_children() if name[:3] in ("enc", "dec")] == ["enc1", "dec1"]
+    assert one(torch.randn(1, 3, 6, 6)).shape == (1, 2, 6, 6)
+    for blocks in (0, 6):
+        with pytest.raises(ValueError, match=f"blocks must be in 1..5, got {blocks}"):
+            SegNet(blocks=blocks)
+
+
+def test_a_shallow_segnet_takes_the_first_blocks_of_a_vgg16_file(tmp_path):
+    state = _torchvision_vgg16(True)
+    path = tmp_path / "vgg16_bn.pth"
+    torch.save(state, path)
+    model = SegNet(classes=4, pretrained_weights=path, blocks=2)
+    assert torch.equal(model.enc2[1][0].weight, state["features.10.weight"])  # block 2, second conv
+    assert torch.equal(model.enc2[1][1].running_var, state["features.11.running_var"])

@@ -80,6 +80,7 @@ SCHEMA: dict[str, Key] = {
         ("layers", int, 50, "ResNet depth of PSPNet: 50, 101 or 152"),
         ("deep_base", bool, True, "PSPNet's ResNet starts with three 3x3 convs instead of one 7x7"),
         ("width", float, 1.0, "channel multiplier of SegNet and ResNet18 in (0, 1]: 1 is the published network"),
+        ("blocks", int, 5, "SegNet's encoder blocks (poolings), 1-5: 5 is the published network; fewer: small inputs"),
         ("pretrained_weights", str, None, "ImageNet weights of the backbone (a file), or null"),
         ("sync_bn", bool, True, "synchronise BatchNorm statistics across processes"),
         ("train_h", int, 473, "crop height for training"),
@@ -402,6 +403,7 @@ def _problems(cfg: CfgNode) -> list[str]:
     need(cfg.optimizer in ("sgd", "adam"), f"optimizer must be sgd or adam, got {cfg.optimizer!r}")
     need(cfg.lr_update in ("iteration", "epoch"), f"lr_update must be iteration or epoch, got {cfg.lr_update!r}")
     need(0 < cfg.width <= 1, f"width must be in (0, 1], got {cfg.width}")
+    need(1 <= cfg.blocks <= 5, f"blocks must be in 1..5, got {cfg.blocks}")
     need(cfg.round_to >= 1, f"round_to must be at least 1, got {cfg.round_to}")
     need(cfg.start_epoch <= cfg.epochs, f"start_epoch {cfg.start_epoch} is after the last epoch ({cfg.epochs})")
     need(
