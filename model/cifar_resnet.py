@@ -29,7 +29,9 @@ class BasicBlock(nn.Module):
     def forward(self, x):
         shortcut = x if self.downsample is None else self.downsample(x)
         out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + shortcut)
+        out = self.bn2(self.conv2(out))
+        out += shortcut  # in place: no new tensor of the stream's width per block
+        return F.relu(out, inplace=True)
 
 
 class CifarResNet18(nn.Module):

@@ -44,7 +44,8 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + shortcut)
+        out += shortcut  # in place: no new tensor of the stream's width per block
+        return self.relu(out)
 
 
 class ResNet(nn.Module):
