@@ -200,8 +200,9 @@ def test_test_sh_finds_the_experiment_and_reports_bad_arguments(experiment, tmp_
     assert subprocess.run(["sh", "tool/test.sh"], cwd=ROOT, capture_output=True, text=True).returncode == 2
 
 
-def test_two_processes_through_test_sh_give_the_single_process_results(experiment, tmp_path):
-    # a copy of the repository, so that config/ and exp/ of the experiment live in a throwaway tree
+def _repository_copy(experiment: Path, tmp_path: Path, experiments: tuple[str, ...] = ("segnet",)) -> Path:
+    """A copy of the repository with config/tiny/tiny_segnet.yaml and the checkpoint in exp/tiny/<name>/model,
+    so that config/ and exp/ of the experiment live in a throwaway tree."""
     tree = tmp_path / "repo"
     for folder in ("acosp", "model", "util", "tool", "dataset"):
         shutil.copytree(ROOT / folder, tree / folder, ignore=shutil.ignore_patterns("__pycache__"))
@@ -209,8 +210,24 @@ def test_two_processes_through_test_sh_give_the_single_process_results(experimen
     del config["TRAIN"]["save_path"], config["TEST"]["save_folder"]
     (tree / "config" / "tiny").mkdir(parents=True)
     (tree / "config" / "tiny" / "tiny_segnet.yaml").write_text(yaml.safe_dump(config))
-    (tree / "exp" / "tiny" / "segnet" / "model").mkdir(parents=True)
-    shutil.copy(experiment / "exp" / "model" / "final.pth", tree / "exp" / "tiny" / "segnet" / "model")
+    for name in experiments:
+        (tree / "exp" / "tiny" / name / "model").mkdir(parents=True)
+        shutil.copy(experiment / "exp" / "model" / "final.pth", tree / "exp" / "tiny" / name / "model")
+    return tree
+
+
+def test_test_sh_writes_the_results_beside_an_overridden_save_path(experiment, tmp_path):
+    tree = _repository_copy(experiment, tmp_path, ("segnet", "other"))
+    environment = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu"}
+    command = ["sh", "tool/test.sh", "tiny", "segnet", "save_path", "exp/tiny/other/model"]
+    result = subprocess.run(command, cwd=tree, env=environment, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tree / "exp" / "tiny" / "other" / "result" / "val" / "ss" / "metrics.csv").is_file()
+    assert not (tree / "exp" / "tiny" / "segnet" / "result").exists()  # the experiment's own results stay
+
+
+def test_two_processes_through_test_sh_give_the_single_process_results(experiment, tmp_path):
+    tree = _repository_copy(experiment, tmp_path)
     environment = {**os.environ, "PYTHON": sys.executable, "NPROC": "2", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         ["sh", "tool/test.sh", "tiny", "segnet", "batch_size_test", "4"],
