@@ -24,6 +24,7 @@ SPARSITIES = (0.5, 0.75, 0.875, 0.9375)
 NETWORKS = {
     "pspnet50": ({"arch": "psp", "layers": 50, "classes": 5}, 33),
     "segnet": ({"arch": "segnet", "classes": 5}, 32),
+    "segnet_3_blocks": ({"arch": "segnet", "classes": 5, "blocks": 3}, 20),  # 20 -> 10 -> 5 -> 2: an odd pooling
     "resnet18": ({"arch": "resnet18", "classes": 10}, 32),
 }
 
