@@ -82,7 +82,7 @@ class SegNet(nn.Module):
                 convs.append(conv_bn_relu(in_channels, scaled(channels, width)))
                 in_channels = scaled(channels, width)
             self.add_module(f"enc{block}", nn.Sequential(*convs))
-        for block, widths in zip(range(blocks, 0, -1), DECODER_WIDTHS[len(DECODER_WIDTHS) - blocks :]):
+        for block, widths in zip(range(blocks, 0, -1), DECODER_WIDTHS[-blocks:]):
             convs = []
             for channels in widths:
                 if channels is None:
