@@ -185,6 +185,7 @@ def relative_error(reference: Any, result: Any) -> float:
         return float("inf")
     worst = 0.0
     for a, b in zip(expected, actual):
+        a, b = a.detach(), b.detach()
         if not a.is_floating_point():
             worst = max(worst, 0.0 if torch.equal(a, b) else float("inf"))
             continue

@@ -7,7 +7,7 @@ the mask layer, so state dict keys read ``<conv>.0.weight``, ``<conv>.1.weight``
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -90,14 +90,32 @@ def inject_soft_masks(
     min_remaining_elements: int = 8,
     learnable_weights: bool = True,
     temperature: float = 1.0,
+    groups: Iterable[Iterable[str]] = (),
 ) -> nn.Module:
     """Wrap every prunable conv of ``model`` (in place) with a ``SigmoidSoftTopK`` mask; returns the model.
 
     Convs that are already masked are skipped, so calling this twice changes nothing; a conv
-    shared by several parents gets one mask. A DistributedDataParallel model comes back in a new
-    wrapper, so that it synchronises the logits too.
+    shared by several parents gets one mask. The convs named in one of ``groups`` (see
+    ``acosp.coupling.coupled_groups``) share one mask: one set of logits, the same kept channels.
+    A DistributedDataParallel model comes back in a new wrapper, so that it synchronises the
+    logits too.
     """
+    network = unwrap(model)
+    group_of = _group_of_conv(network, groups)
+    shared: dict[int, SigmoidSoftTopK] = {}
     wrapped: dict[int, MaskedConv] = {}
+
+    def mask_for(conv: nn.Module) -> SigmoidSoftTopK:
+        group = group_of.get(id(conv))
+        if group is not None and group in shared:
+            return shared[group]
+        channels = conv.out_channels
+        k = num_kept_channels(channels, sparsity, min_remaining_elements)
+        mask = SigmoidSoftTopK(channels, k, learnable_weights=learnable_weights, temperature=temperature)
+        mask = mask.to(conv.weight.device)
+        if group is not None:
+            shared[group] = mask
+        return mask
 
     def visit(parent: nn.Module) -> None:
         # Not named_children(): it hides a module's second appearance under the same parent.
@@ -106,16 +124,34 @@ def inject_soft_masks(
                 continue
             if is_prunable(child):
                 if id(child) not in wrapped:
-                    channels = child.out_channels
-                    k = num_kept_channels(channels, sparsity, min_remaining_elements)
-                    mask = SigmoidSoftTopK(channels, k, learnable_weights=learnable_weights, temperature=temperature)
-                    wrapped[id(child)] = MaskedConv(child, mask.to(child.weight.device))
+                    wrapped[id(child)] = MaskedConv(child, mask_for(child))
                 setattr(parent, name, wrapped[id(child)])
             else:
                 visit(child)
 
-    visit(unwrap(model))
+    visit(network)
     return _rewrapped_if_changed(model, bool(wrapped))
+
+
+def _group_of_conv(network: nn.Module, groups: Iterable[Iterable[str]]) -> dict[int, int]:
+    """``id(conv) -> group number``, after checking that each group names prunable convs of one width."""
+    group_of: dict[int, int] = {}
+    for number, names in enumerate(groups):
+        widths = {}
+        for name in names:
+            try:
+                conv = network.get_submodule(name)
+            except AttributeError:
+                raise ValueError(f"mask group {number}: the network has no layer '{name}'") from None
+            if not is_prunable(conv):
+                raise ValueError(f"mask group {number}: '{name}' is not a prunable conv ({type(conv).__name__})")
+            if id(conv) in group_of and group_of[id(conv)] != number:
+                raise ValueError(f"'{name}' is in mask groups {group_of[id(conv)]} and {number}")
+            group_of[id(conv)] = number
+            widths[name] = conv.out_channels
+        if len(set(widths.values())) > 1:
+            raise ValueError(f"mask group {number} mixes output widths, so one mask cannot serve it: {widths}")
+    return group_of
 
 
 def named_mask_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
@@ -132,12 +168,17 @@ def soft_masks(model: nn.Module) -> list[SigmoidSoftTopK]:
 def _replace_modules(model: nn.Module, replacement) -> nn.Module:
     """Set each child ``c`` of every module in ``model`` to ``replacement(c)`` when that is not None.
 
-    Returns the model, or a new DistributedDataParallel wrapper if the model was one and changed.
+    A child shared by several parents (one mask serving a group of convs) is replaced once, so they
+    keep sharing. Returns the model, or a new DistributedDataParallel wrapper if the model was one
+    and changed.
     """
     changed = False
+    replaced: dict[int, tuple[nn.Module, nn.Module | None]] = {}  # holding the old child keeps its id unique
     for parent in list(unwrap(model).modules()):
         for name, child in list(parent._modules.items()):
-            new = None if child is None else replacement(child)
+            if child is not None and id(child) not in replaced:
+                replaced[id(child)] = (child, replacement(child))
+            new = None if child is None else replaced[id(child)][1]
             if new is not None:
                 setattr(parent, name, new)
                 changed = True

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
 from torch import nn
 
-from acosp import inject, masks, stats
+from acosp import coupling, inject, masks, stats
 
 _STATE_KEYS = (
     "starting_epoch",
@@ -20,6 +21,7 @@ _STATE_KEYS = (
     "learnable_weights",
     "finished",
     "round_to",
+    "coupled_masks",
 )
 
 
@@ -58,6 +60,7 @@ class SoftTopKPruner:
         learnable_weights: bool = True,
         finished: bool = False,
         round_to: int = 1,
+        coupled_masks: bool = False,
     ):
         if not 0.0 <= final_sparsity < 1.0:
             raise ValueError(f"final_sparsity must lie in [0, 1), got {final_sparsity}")
@@ -82,25 +85,39 @@ class SoftTopKPruner:
         # Hard masks keep k rounded up to a multiple of this (see acosp.inject.soft_to_hard_k).
         masks.rounded_up(1, round_to, 1)
         self.round_to = int(round_to)
+        # Convs whose outputs are summed share one mask (see acosp.coupling), so residual streams narrow too.
+        self.coupled_masks = bool(coupled_masks)
 
     def temperature(self, epoch: float) -> float:
         """The temperature the masks get after training epoch ``epoch``."""
         return annealed_temperature(epoch, self.starting_epoch, self.ending_epoch, self.initial_temp, self.final_temp)
 
-    def configure_model(self, model: nn.Module) -> nn.Module:
+    def configure_model(self, model: nn.Module, example_input: torch.Tensor | tuple | None = None) -> nn.Module:
         """Add a soft mask to every prunable conv (in place); returns the model (a new wrapper for DDP).
 
         A no-op for an inactive pruner (a dense run); after ``on_pruning_end`` (a pruner restored
         from a checkpoint, say) the masks are added already hardened, ready for the checkpoint.
+        With ``coupled_masks`` the network runs once on ``example_input`` (what it is called with,
+        on its device) to find the convs whose outputs are combined channel by channel; each such
+        group gets one mask.
         """
         if not (self.active or self.finished):
             return model
+        groups = []
+        if self.coupled_masks:
+            if example_input is None:
+                raise ValueError(
+                    "coupled_masks=True finds the convs that share a mask by running the network once: "
+                    "call configure_model(model, example_input) with an input the network accepts"
+                )
+            groups = coupling.coupled_groups(model, example_input)
         model = inject.inject_soft_masks(
             model,
             self.final_sparsity,
             min_remaining_elements=self.min_remaining_elements,
             learnable_weights=self.learnable_weights,
             temperature=self.initial_temp,
+            groups=groups,
         )
         return inject.soft_to_hard_k(model, self.round_to) if self.finished else model
 
@@ -134,7 +151,7 @@ class SoftTopKPruner:
         return {key: getattr(self, key) for key in _STATE_KEYS}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        state = {"finished": False, "round_to": 1, **state}
+        state = {"finished": False, "round_to": 1, "coupled_masks": False, **state}
         missing = [key for key in _STATE_KEYS if key not in state]
         unknown = [key for key in state if key not in _STATE_KEYS]
         if missing or unknown:

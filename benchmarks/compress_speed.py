@@ -1,6 +1,7 @@
 """How much smaller and faster compression makes PSPNet50 and SegNet, dense and at the publication's sparsities.
 
-    python benchmarks/compress_speed.py [--runs 5] [--warmup 2] [--threads N] [--round-to 8] [--profile] [--quick]
+    python benchmarks/compress_speed.py [--runs 5] [--warmup 2] [--threads N] [--round-to 8] [--coupled]
+                                        [--profile] [--quick]
 
 For PSPNet50 at 473x473 and SegNet at 360x480 (batch 1, torch.inference_mode, CPU unless --device
 cuda), dense and at sparsity 0.5, 0.75, 0.875 and 0.9375, with random hard masks and BatchNorm
@@ -14,6 +15,8 @@ network and itself run in channels_last memory format: what a mere change of sum
 does to this network in float32 (for SegNet, of the order of "error"). --profile adds, per
 compressed network, the share of time by operation, which shows where the work that does not
 shrink takes over.
+--coupled gives the convs that add into one residual stream (and SegNet's encoder/decoder pairs that
+share unpooling indices) one mask (SoftTopKPruner(coupled_masks=True)), so the streams narrow too.
 --quick is a smoke test on tiny inputs.
 """
 
@@ -54,6 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
     parser.add_argument("--sparsities", nargs="+", type=float, default=list(SPARSITIES))
     parser.add_argument("--round-to", type=int, default=1, help="keep multiples of this many channels per layer")
+    parser.add_argument("--coupled", action="store_true", help="convs summed into one stream share a mask")
     parser.add_argument("--profile", action="store_true", help="time shares by operation of each compressed network")
     parser.add_argument("--quick", action="store_true", help="tiny inputs, one sparsity, one run: a smoke test")
     return parser.parse_args(argv)
@@ -73,13 +77,19 @@ def trained_looking(model: nn.Module, seed: int) -> nn.Module:
     return model
 
 
-def masked_network(arch: dict, sparsity: float, seed: int = 0, round_to: int = 1) -> nn.Module:
-    """The network with random hard masks (random logits, then the top-k of each layer)."""
+def masked_network(
+    arch: dict, sparsity: float, seed: int = 0, round_to: int = 1, coupled_at: tuple[int, int] | None = None
+) -> nn.Module:
+    """The network with random hard masks (random logits, then the top-k of each layer).
+
+    With ``coupled_at`` (an input size to trace at) the convs summed into one residual stream share a mask.
+    """
     torch.manual_seed(seed)
     model = trained_looking(build_model(arch), seed)
     if sparsity > 0:
-        pruner = SoftTopKPruner(final_sparsity=sparsity, round_to=round_to)
-        model = pruner.on_pruning_end(pruner.configure_model(model))
+        pruner = SoftTopKPruner(final_sparsity=sparsity, round_to=round_to, coupled_masks=coupled_at is not None)
+        example = None if coupled_at is None else torch.randn(1, 3, *coupled_at)
+        model = pruner.on_pruning_end(pruner.configure_model(model, example))
     return model.eval()
 
 
@@ -114,14 +124,16 @@ def benchmark(name: str, args: argparse.Namespace) -> None:
     x = torch.randn(1, 3, *size, device=args.device, dtype=dtype)
     dense = masked_network(arch, 0.0).to(args.device, dtype)
     dense_stats = model_statistics(dense, x)
-    print(f"\n{name} at {size[0]}x{size[1]}, batch 1, {describe_device(args)}")
+    masks = "coupled masks" if args.coupled else "independent masks"
+    print(f"\n{name} at {size[0]}x{size[1]}, batch 1, {describe_device(args)}, {masks}")
     print(
         f"{'sparsity':>8}  {'params':>17}  {'MACs':>17}  {'MAC ratio':>9}  "
         f"{'dense ms':>9}  {'masked ms':>9}  {'compressed ms':>13}  {'speedup':>7}  {'of MACs':>7}  error (noise)"
     )
     runs, warmup = (1, 0) if args.quick else (args.runs, args.warmup)
     for sparsity in sparsities:
-        masked = masked_network(arch, sparsity, round_to=args.round_to).to(args.device, dtype)
+        coupled_at = quick_size if args.coupled else None
+        masked = masked_network(arch, sparsity, round_to=args.round_to, coupled_at=coupled_at).to(args.device, dtype)
         compressed = compress(masked, x, check=not args.half)
         stats = model_statistics(compressed, x)
         models = {"dense": dense, "masked": masked, "compressed": compressed}

@@ -245,3 +245,22 @@ def test_round_to_rounds_each_layers_kept_channels_up(tmp_path):
     for key, mask in masks_of(final["state_dict"]).items():
         k = num_kept_channels(mask.numel(), 0.5, 2)
         assert mask.sum() == min(mask.numel(), math.ceil(k / 3) * 3), key
+
+
+def test_coupled_masks_keep_the_same_channels_in_segnets_unpooling_pairs(tmp_path):
+    config = write_config(tmp_path, epochs=2, ending_epoch=1, coupled_masks=True, evaluate=False)
+    assert train(config) == 0
+    model_dir = tmp_path / "exp" / "model"
+    soft = torch.load(model_dir / "train_epoch_1.pth", weights_only=True)["state_dict"]
+    final = torch.load(model_dir / "final.pth", weights_only=True)
+    assert final["pruner"]["coupled_masks"]
+    pairs = [("enc1.1.0", "dec2.1.0"), ("enc2.1.0", "dec3.2.0"), ("enc3.2.0", "dec4.2.0"), ("enc4.2.0", "dec5.2.0")]
+    for encoder, decoder in pairs:
+        assert torch.equal(soft[f"{encoder}.1.weight"], soft[f"{decoder}.1.weight"])  # one set of logits, trained
+        assert torch.equal(final["state_dict"][f"{encoder}.1.mask"], final["state_dict"][f"{decoder}.1.mask"])
+    assert not torch.equal(soft["enc1.0.0.1.weight"], soft["enc1.1.0.1.weight"])
+    resumed = tmp_path / "resumed"
+    assert train(config, "resume", model_dir / "train_epoch_1.pth", "save_path", resumed) == 0
+    restored = torch.load(resumed / "final.pth", weights_only=True)["state_dict"]
+    assert torch.equal(restored["enc2.1.0.1.mask"], restored["dec3.2.0.1.mask"])
+    assert model_from_checkpoint(model_dir / "final.pth")(torch.randn(1, 3, 32, 32)).shape == (1, 3, 32, 32)

@@ -81,6 +81,7 @@ def make_pruner(cfg) -> SoftTopKPruner | None:
         final_temp=cfg.final_temp,
         learnable_weights=cfg.learnable_weights,
         round_to=cfg.round_to,
+        coupled_masks=cfg.coupled_masks,
     )
 
 
@@ -174,7 +175,9 @@ def main(argv=None) -> int:
     if resumed is not None and pruner is not None and resumed.get("pruner"):
         pruner.load_state_dict(resumed["pruner"])  # a finished pruner makes configure_model harden the masks
     if pruner is not None:
-        model = pruner.configure_model(model)  # before the optimizer: the logits are trained too
+        # Before the optimizer: the logits are trained too. Coupled masks are found on one training crop.
+        example = torch.zeros(1, 3, cfg.train_h, cfg.train_w) if pruner.coupled_masks else None
+        model = pruner.configure_model(model, example)
     if resumed is not None:
         load_network_state(model, {k.removeprefix("module."): v for k, v in resumed["state_dict"].items()}, resume_path)
     model.to(device)

@@ -70,6 +70,9 @@ def _pruner_for(checkpoint: Mapping[str, Any], cfg: Any) -> SoftTopKPruner | Non
     if checkpoint.get("pruner"):
         pruner = SoftTopKPruner()
         pruner.load_state_dict(checkpoint["pruner"])
+        # A group of coupled convs saved one copy of its mask per conv: separate masks load it exactly,
+        # and only training needs them shared.
+        pruner.coupled_masks = False
         return pruner
     sparsity = getattr(cfg, "sparsity", None) if cfg is not None else None
     if sparsity:

@@ -123,6 +123,7 @@ SCHEMA: dict[str, Key] = {
         ("final_temp", float, 0.001, "mask temperature at ending_epoch"),
         ("min_remaining_elements", int, 8, "a pruned layer keeps at least this many channels"),
         ("round_to", int, 1, "hard masks keep k rounded up to a multiple of this (8: widths that suit the hardware)"),
+        ("coupled_masks", bool, False, "convs summed into one residual stream share a mask, so the stream narrows too"),
     ),
     **_keys(
         "Distributed",

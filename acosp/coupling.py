@@ -1,0 +1,69 @@
+"""Which convs have their output channels tied together, so that one mask can serve them all.
+
+A residual block adds its branch into the stream (``out += shortcut``). A stream channel can
+leave the compressed network only where every conv writing into that sum pruned it, so with one
+mask per conv the stream keeps the union of their kept channels (68-86% of PSPNet50's streams at
+sparsity 0.75 with independent masks). Convs whose outputs meet channel by channel (a sum or a
+product, max-unpooling by another tensor's indices, a depthwise conv reading them) form a group.
+Giving a group one mask makes its convs keep the same channels, so the stream narrows as much as
+the layers do.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from acosp.channels import UNPOOLING, ChannelFlow, is_step
+from acosp.inject import MaskedConv, is_prunable, unwrap
+from acosp.trace import trace
+
+
+def coupled_groups(model: nn.Module, example_input: torch.Tensor | tuple) -> list[list[str]]:
+    """Names of the prunable convs whose outputs are combined channel by channel, one list per group.
+
+    Found by running the (unmasked) network once on ``example_input`` in eval mode and following
+    the channels through the operations that keep them; concatenations place channels side by side
+    and tie nothing. Only groups of two or more convs are listed, in the order the forward pass
+    first calls them.
+    """
+    network = unwrap(model)
+    masked = [name for name, module in network.named_modules() if isinstance(module, MaskedConv)]
+    if masked:
+        raise ValueError(
+            f"coupled masks are chosen on the network before it is masked, but '{masked[0]}' has a mask already"
+        )
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    training = network.training
+    network.eval()
+    try:
+        graph = trace(network, args, is_step, snapshot_functions=UNPOOLING)
+        flow = ChannelFlow(graph, strict=False)
+    finally:
+        network.train(training)
+
+    parent: dict[int, int] = {}
+
+    def root(index: int) -> int:
+        while parent.get(index, index) != index:
+            parent[index] = parent.get(parent[index], parent[index])  # halve the path
+            index = parent[index]
+        return index
+
+    for link in flow.links:
+        same = link.a.channels == link.b.channels == link.a_index.numel()
+        if same and torch.equal(link.a_index, link.b_index):
+            parent[root(link.a.index)] = root(link.b.index)
+
+    names: dict[int, str] = {}
+    for name, module in network.named_modules():
+        names.setdefault(id(module), name)
+    groups: dict[int, list[str]] = {}
+    for node in graph.nodes:
+        if node.kind != "module" or not is_prunable(node.target):
+            continue
+        members = groups.setdefault(root(node.outputs[0].index), [])
+        name = names[id(node.target)]
+        if name not in members:
+            members.append(name)
+    return [members for members in groups.values() if len(members) > 1]
