@@ -1,6 +1,6 @@
 """ACoSP: Auto-Compressing Subset Pruning of convolutional networks during training."""
 
-from acosp import compress, inject, masks, stats
+from acosp import compress, coupling, inject, masks, stats
 from acosp.inject import UnprunableConv2d, hard_to_conv, soft_to_hard_k
 from acosp.masks import ChannelMask, SigmoidSoftTopK, sigmoid_soft_top_k
 from acosp.pruner import SoftTopKPruner
@@ -13,6 +13,7 @@ __all__ = [
     "SoftTopKPruner",
     "UnprunableConv2d",
     "compress",
+    "coupling",
     "hard_to_conv",
     "inject",
     "masks",

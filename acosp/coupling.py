@@ -38,9 +38,15 @@ def coupled_groups(model: nn.Module, example_input: torch.Tensor | tuple) -> lis
     network.eval()
     try:
         graph = trace(network, args, is_step, snapshot_functions=UNPOOLING)
-        flow = ChannelFlow(graph, strict=False)
+    except Exception as error:
+        shapes = [tuple(item.shape) for item in args if isinstance(item, torch.Tensor)]
+        raise ValueError(
+            f"coupled masks: the network failed on the example input {shapes}; give an input it accepts "
+            f"(a training crop, on the network's device): {error}"
+        ) from error
     finally:
         network.train(training)
+    flow = ChannelFlow(graph, strict=False)
 
     parent: dict[int, int] = {}
 

@@ -125,6 +125,9 @@ def test_coupling_needs_an_example_input_and_a_plain_network():
     pruner = SoftTopKPruner(final_sparsity=0.5, coupled_masks=True)
     with pytest.raises(ValueError, match="example_input"):
         pruner.configure_model(build_model({"arch": "resnet18", "classes": 10, "width": 0.25}))
+    psp = build_model({"arch": "psp", "layers": 50, "classes": 4})
+    with pytest.raises(ValueError, match=r"failed on the example input \[\(1, 3, 32, 32\)\]"):
+        coupled_groups(psp, torch.randn(1, 3, 32, 32))  # PSPNet wants (size - 1) divisible by 8
     _, masked = coupled_resnet()
     with pytest.raises(ValueError, match="has a mask already"):
         coupled_groups(masked, torch.randn(1, 3, 32, 32))
