@@ -129,10 +129,14 @@ def test_compress_tool_refuses_soft_masks(tmp_path):
     assert result.returncode == 2 and "soft masks" in result.stderr and "ending_epoch" in result.stderr
 
 
-def test_speed_benchmark_runs_quickly():
+@pytest.mark.parametrize("masks", ["independent", "coupled"])
+def test_speed_benchmark_runs_quickly(masks):
     command = [sys.executable, "benchmarks/compress_speed.py", "--quick", "--networks", "SegNet"]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        command + (["--coupled"] if masks == "coupled" else []), cwd=ROOT, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
+    assert f"{masks} masks" in result.stdout
     rows = [line.split() for line in result.stdout.splitlines() if line.strip().startswith("0.75")]
     assert len(rows) == 1
     for row in rows:

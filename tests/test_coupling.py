@@ -162,3 +162,20 @@ def test_hardening_keeps_a_mask_shared_by_its_group():
     model = inject_soft_masks(Branches(), 0.5, min_remaining_elements=1, groups=[["left", "right"]])
     model = soft_to_hard_k(model)
     assert isinstance(model.left, MaskedConv) and model.left.mask_layer is model.right.mask_layer
+
+
+def test_coupled_pspnet50_compresses_exactly_with_narrow_streams():
+    torch.manual_seed(0)
+    model = build_model({"arch": "psp", "layers": 50, "classes": 4})
+    x = torch.randn(2, 3, 33, 33)
+    pruner = SoftTopKPruner(final_sparsity=0.75, coupled_masks=True)
+    model = pruner.on_pruning_end(pruner.configure_model(model, x)).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.bias.normal_()
+    small = compress(model, x)
+    assert "every layer keeps only its own channels" in compression_report(small)
+    assert small.layer4[2].conv3.out_channels == small.layer4[0].downsample[0].out_channels == 512
+    assert small.cls[0].in_channels == 512 + 4 * 128  # the stream and the pyramid's four branches
+    assert relative_error(model(x), small(x)) < 1e-5
