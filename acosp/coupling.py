@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from acosp.channels import UNPOOLING, ChannelFlow, is_step
-from acosp.inject import MaskedConv, is_prunable, unwrap
+from acosp.inject import MaskedConv, is_prunable, named_mask_layers, unwrap
 from acosp.trace import trace
 
 
@@ -73,3 +73,11 @@ def coupled_groups(model: nn.Module, example_input: torch.Tensor | tuple) -> lis
         if name not in members:
             members.append(name)
     return [members for members in groups.values() if len(members) > 1]
+
+
+def shared_mask_groups(model: nn.Module) -> list[list[str]]:
+    """Names of the masked convs that share one mask layer, one list per shared mask (as configured)."""
+    by_mask: dict[int, list[str]] = {}
+    for name, mask in named_mask_layers(model):
+        by_mask.setdefault(id(mask), []).append(name)
+    return [names for names in by_mask.values() if len(names) > 1]

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from acosp.compress import compress, compression_report, relative_error
-from acosp.coupling import coupled_groups
+from acosp.coupling import coupled_groups, shared_mask_groups
 from acosp.inject import MaskedConv, inject_soft_masks, named_mask_layers, soft_to_hard_k
 from acosp.masks import ChannelMask
 from acosp.pruner import SoftTopKPruner
@@ -83,6 +83,7 @@ def test_a_group_trains_one_set_of_logits_and_hardens_to_one_mask():
     masks = dict(named_mask_layers(model))
     group = ["layer2.0.downsample.0", "layer2.0.conv2", "layer2.1.conv2"]
     assert masks[group[0]] is masks[group[1]] is masks[group[2]]
+    assert sorted(shared_mask_groups(model)[1]) == sorted(group)
     assert masks["layer2.0.conv1"] is not masks["layer2.1.conv1"]
     logits = {id(mask.weight) for mask in masks.values()}
     assert len(logits) == len(masks) - 8  # four groups of three convs: 19 masked convs, 11 sets of logits

@@ -259,6 +259,8 @@ def test_coupled_masks_keep_the_same_channels_in_segnets_unpooling_pairs(tmp_pat
         assert torch.equal(soft[f"{encoder}.1.weight"], soft[f"{decoder}.1.weight"])  # one set of logits, trained
         assert torch.equal(final["state_dict"][f"{encoder}.1.mask"], final["state_dict"][f"{decoder}.1.mask"])
     assert not torch.equal(soft["enc1.0.0.1.weight"], soft["enc1.1.0.1.weight"])
+    log = next(model_dir.glob("train-*.log")).read_text()
+    assert "coupled masks: 4 groups share a mask: enc1.1.0 + dec2.1.0; enc2.1.0 + dec3.2.0;" in log
     resumed = tmp_path / "resumed"
     assert train(config, "resume", model_dir / "train_epoch_1.pth", "save_path", resumed) == 0
     restored = torch.load(resumed / "final.pth", weights_only=True)["state_dict"]

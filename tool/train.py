@@ -20,6 +20,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from acosp import SoftTopKPruner  # noqa: E402
+from acosp.coupling import shared_mask_groups  # noqa: E402
 from acosp.inject import hard_to_conv, soft_to_hard_k  # noqa: E402
 from model import build_model, describe_arch  # noqa: E402
 from util.checkpoint import load_checkpoint, load_network_state, model_from_checkpoint, save_checkpoint  # noqa: E402
@@ -178,6 +179,9 @@ def main(argv=None) -> int:
         # Before the optimizer: the logits are trained too. Coupled masks are found on one training crop.
         example = torch.zeros(1, 3, cfg.train_h, cfg.train_w) if pruner.coupled_masks else None
         model = pruner.configure_model(model, example)
+        if pruner.coupled_masks:
+            groups = shared_mask_groups(model)
+            logger.info("coupled masks: %d groups share a mask: %s", len(groups), "; ".join(map(" + ".join, groups)))
     if resumed is not None:
         load_network_state(model, {k.removeprefix("module."): v for k, v in resumed["state_dict"].items()}, resume_path)
     model.to(device)
