@@ -421,3 +421,31 @@ def test_float32_differences_at_discontinuities_are_checked_in_float64(monkeypat
         compressed = compress(model, torch.randn(2, 3, size, size))
     spec = compression_spec(compressed)
     assert spec["relative_error"] > 1e-4 > spec["relative_error_float64"]
+
+
+def test_the_check_runs_in_full_float32_and_restores_the_settings():
+    """cuDNN convs default to TF32 on recent GPUs; compress traces and checks without it."""
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    if hasattr(conv, "fp32_precision"):  # torch's per-operator settings
+
+        def settings():
+            return conv.fp32_precision, matmul.fp32_precision
+
+        full = ("ieee", "ieee")
+    else:
+
+        def settings():
+            return torch.backends.cudnn.allow_tf32, matmul.allow_tf32
+
+        full = (False, False)
+    before = settings()
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.append(settings())
+            return x
+
+    compress(nn.Sequential(nn.Conv2d(3, 4, 3), Probe()), torch.randn(1, 3, 8, 8))
+    assert len(seen) == 2 and set(seen) == {full}  # the trace and the check
+    assert settings() == before
