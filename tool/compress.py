@@ -78,7 +78,8 @@ def export_onnx(model: torch.nn.Module, x: torch.Tensor, path: Path) -> float | 
         import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
     except ImportError as error:
         raise CompressError("ONNX export needs onnx and onnxscript: pip install '.[onnx]'") from error
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    for exporter in ("torch.onnx", "onnx_ir", "onnxscript"):  # their notes on the graph are not the user's business
+        logging.getLogger(exporter).setLevel(logging.ERROR)
     with warnings.catch_warnings(), atomic_path(path) as temporary:
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (x,), str(temporary), dynamo=True, external_data=False, verbose=False)
