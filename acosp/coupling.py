@@ -61,17 +61,13 @@ def coupled_groups(model: nn.Module, example_input: torch.Tensor | tuple) -> lis
         if same and torch.equal(link.a_index, link.b_index):
             parent[root(link.a.index)] = root(link.b.index)
 
-    names: dict[int, str] = {}
-    for name, module in network.named_modules():
-        names.setdefault(id(module), name)
     groups: dict[int, list[str]] = {}
     for node in graph.nodes:
         if node.kind != "module" or not is_prunable(node.target):
             continue
         members = groups.setdefault(root(node.outputs[0].index), [])
-        name = names[id(node.target)]
-        if name not in members:
-            members.append(name)
+        if node.name not in members:  # the layer's name in the network, as the trace recorded it
+            members.append(node.name)
     return [members for members in groups.values() if len(members) > 1]
 
 
