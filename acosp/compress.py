@@ -122,19 +122,17 @@ def full_float32_precision() -> Iterator[None]:
     cudnn_conv = getattr(torch.backends.cudnn, "conv", None)
     matmul = torch.backends.cuda.matmul
     if cudnn_conv is not None and hasattr(cudnn_conv, "fp32_precision"):  # the per-operator settings
-        saved = (cudnn_conv.fp32_precision, matmul.fp32_precision)
-        cudnn_conv.fp32_precision = matmul.fp32_precision = "ieee"
-        try:
-            yield
-        finally:
-            cudnn_conv.fp32_precision, matmul.fp32_precision = saved
+        settings = [(cudnn_conv, "fp32_precision", "ieee"), (matmul, "fp32_precision", "ieee")]
     else:
-        saved = (torch.backends.cudnn.allow_tf32, matmul.allow_tf32)
-        torch.backends.cudnn.allow_tf32 = matmul.allow_tf32 = False
-        try:
-            yield
-        finally:
-            torch.backends.cudnn.allow_tf32, matmul.allow_tf32 = saved
+        settings = [(torch.backends.cudnn, "allow_tf32", False), (matmul, "allow_tf32", False)]
+    saved = [getattr(owner, name) for owner, name, _ in settings]
+    for owner, name, value in settings:
+        setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        for (owner, name, _), value in zip(settings, saved):
+            setattr(owner, name, value)
 
 
 def compression_spec(compressed: nn.Module) -> dict[str, Any]:
