@@ -1,11 +1,20 @@
-"""ACoSP: Auto-Compressing Subset Pruning of convolutional networks during training."""
+"""ACoSP: Auto-Compressing Subset Pruning of convolutional networks during training.
 
-from acosp import compress, coupling, inject, masks, stats
+``import acosp`` loads the core alone (masks, injection, the pruner, mask statistics). The
+compression layer (``acosp.compress``, built on ``acosp.compression``) traces networks and is
+loaded on first use.
+"""
+
+import importlib
+
+from acosp import inject, masks, stats
 from acosp.inject import UnprunableConv2d, hard_to_conv, soft_to_hard_k
 from acosp.masks import ChannelMask, SigmoidSoftTopK, sigmoid_soft_top_k
 from acosp.pruner import SoftTopKPruner
 
 __version__ = "0.1.0"
+
+_LAZY_MODULES = ("compress", "compression")
 
 __all__ = [
     "ChannelMask",
@@ -13,7 +22,7 @@ __all__ = [
     "SoftTopKPruner",
     "UnprunableConv2d",
     "compress",
-    "coupling",
+    "compression",
     "hard_to_conv",
     "inject",
     "masks",
@@ -21,3 +30,9 @@ __all__ = [
     "soft_to_hard_k",
     "stats",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"acosp.{name}")
+    raise AttributeError(f"module 'acosp' has no attribute '{name}'")

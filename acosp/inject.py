@@ -96,7 +96,7 @@ def inject_soft_masks(
 
     Convs that are already masked are skipped, so calling this twice changes nothing; a conv
     shared by several parents gets one mask. The convs named in one of ``groups`` (see
-    ``acosp.coupling.coupled_groups``) share one mask: one set of logits, the same kept channels.
+    ``acosp.compress.coupled_groups``) share one mask: one set of logits, the same kept channels.
     A DistributedDataParallel model comes back in a new wrapper, so that it synchronises the
     logits too.
     """
@@ -238,7 +238,7 @@ def soft_to_hard_k(model: nn.Module, round_to: int = 1) -> nn.Module:
     )
 
 
-def _output_channel_weight(conv: nn.Module, per_channel: torch.Tensor) -> torch.Tensor:
+def output_channel_weight(conv: nn.Module, per_channel: torch.Tensor) -> torch.Tensor:
     """Broadcast a [out_channels] vector to the shape of ``conv.weight``.
 
     Shapes come from the conv's attributes rather than from ``conv.weight``, so that torch.fx can
@@ -258,7 +258,7 @@ def _output_channel_weight(conv: nn.Module, per_channel: torch.Tensor) -> torch.
 def _scaled_parameters(conv: nn.Module, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The conv's weight and bias with every output channel multiplied by ``mask``."""
     mask = mask.to(conv.weight.dtype)
-    weight = conv.weight * _output_channel_weight(conv, mask)
+    weight = conv.weight * output_channel_weight(conv, mask)
     return weight, None if conv.bias is None else conv.bias * mask
 
 
@@ -269,7 +269,7 @@ def fold_mask_into_conv(conv: nn.Module, mask: torch.Tensor, reinitialize: bool 
     With ``reinitialize`` the pruned filters get fresh Xavier-normal weights and a zero bias instead.
     """
     mask = mask.to(conv.weight.device, conv.weight.dtype)
-    keep = _output_channel_weight(conv, mask)
+    keep = output_channel_weight(conv, mask)
     if reinitialize:
         fresh = nn.init.xavier_normal_(torch.empty_like(conv.weight))
         conv.weight.copy_(torch.where(keep > 0.5, conv.weight, fresh))

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from acosp import coupling, inject, masks, stats
+from acosp import inject, masks, stats
 
 _STATE_KEYS = (
     "starting_epoch",
@@ -85,7 +85,7 @@ class SoftTopKPruner:
         # Hard masks keep k rounded up to a multiple of this (see acosp.inject.soft_to_hard_k).
         masks.rounded_up(1, round_to, 1)
         self.round_to = int(round_to)
-        # Convs whose outputs are summed share one mask (see acosp.coupling), so residual streams narrow too.
+        # Convs whose outputs are summed share one mask (acosp.compress.coupled_groups): residual streams narrow too.
         self.coupled_masks = bool(coupled_masks)
 
     def temperature(self, epoch: float) -> float:
@@ -110,7 +110,9 @@ class SoftTopKPruner:
                     "coupled_masks=True finds the convs that share a mask by running the network once: "
                     "call configure_model(model, example_input) with an input the network accepts"
                 )
-            groups = coupling.coupled_groups(model, example_input)
+            from acosp.compression.coupling import coupled_groups  # the compression layer traces the network
+
+            groups = coupled_groups(model, example_input)
         model = inject.inject_soft_masks(
             model,
             self.final_sparsity,

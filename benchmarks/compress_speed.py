@@ -34,9 +34,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from acosp.compress import compress, compression_spec, relative_error  # noqa: E402
+from acosp.compress import compress, compression_spec, model_statistics, relative_error  # noqa: E402
 from acosp.pruner import SoftTopKPruner  # noqa: E402
-from acosp.stats import model_statistics  # noqa: E402
 from model import build_model  # noqa: E402
 from util.latency import median_latencies  # noqa: E402
 

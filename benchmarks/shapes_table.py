@@ -104,7 +104,7 @@ def markdown(rows: list[dict], command: str, minutes: float | None, where: str) 
         "",
         f"*Table {made}; each run is `sh tool/train.sh shapes EXP` (training, then the test), its wall time in "
         f"the last column, on {where}. mIoU and mAcc (%) on the 200 test images, one scale with flips; "
-        "parameters as the compressed network has them (acosp.stats.model_statistics).*",
+        "parameters as the compressed network has them (acosp.compress.model_statistics).*",
     ]
     return "\n".join(lines)
 

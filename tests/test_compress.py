@@ -9,10 +9,15 @@ import torch.nn.functional as F
 from conftest import SmallCNN, make_batches
 from torch import nn
 
-from acosp.channels import UnsupportedOperation
-from acosp.compress import apply_compression_spec, compress, compression_report, compression_spec
+from acosp.compress import (
+    UnsupportedOperation,
+    apply_compression_spec,
+    compress,
+    compression_report,
+    compression_spec,
+)
+from acosp.compression.layers import CompressedConv2d, RemovedLayer
 from acosp.inject import UnprunableConv2d, soft_to_hard_k
-from acosp.layers import CompressedConv2d, RemovedLayer
 from acosp.pruner import SoftTopKPruner
 
 SPARSITIES = (0.5, 0.75, 0.875, 0.9375)
@@ -407,15 +412,15 @@ def test_onnx_export_of_a_compressed_network_matches(tmp_path):
 
 def test_float32_differences_at_discontinuities_are_checked_in_float64(monkeypatch):
     """Rounding can flip a max-pooling near-tie whose indices unpool; float64 tells that from a real error."""
-    import acosp.compress
+    import acosp.compression.compressor
 
-    run = acosp.compress._run
+    run = acosp.compression.compressor._run
 
     def rounding_moved_a_value(model, args):
         output = run(model, args)
         return output + 1.0 if output.dtype == torch.float32 else output  # the compressed run in float32
 
-    monkeypatch.setattr(acosp.compress, "_run", rounding_moved_a_value)
+    monkeypatch.setattr(acosp.compression.compressor, "_run", rounding_moved_a_value)
     model, size = hard_masked("unpool", 0.75)
     with pytest.warns(UserWarning, match="in float64 by only"):
         compressed = compress(model, torch.randn(2, 3, size, size))

@@ -12,10 +12,9 @@ from test_evaluate import ARCH as TINY_SEGNET
 from test_evaluate import experiment  # noqa: F401  (the fixture: a tiny dataset and its config)
 
 import tool.test as test_tool
-from acosp.compress import compress, compression_spec
+from acosp.compress import compress, compression_spec, model_statistics
 from acosp.inject import MaskedConv
 from acosp.pruner import SoftTopKPruner
-from acosp.stats import model_statistics
 from model import build_model, describe_arch
 from util.checkpoint import model_from_checkpoint, save_checkpoint
 

@@ -4,8 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from acosp.compress import compress, compression_report, relative_error
-from acosp.coupling import coupled_groups, shared_mask_groups
+from acosp.compress import compress, compression_report, coupled_groups, relative_error, shared_mask_groups
 from acosp.inject import MaskedConv, inject_soft_masks, named_mask_layers, soft_to_hard_k
 from acosp.masks import ChannelMask
 from acosp.pruner import SoftTopKPruner

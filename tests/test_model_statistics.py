@@ -1,15 +1,14 @@
-"""acosp.stats.model_statistics: parameters, MACs and kept channels, the same for masked and compressed networks."""
+"""acosp.compress.model_statistics: parameters, MACs and kept channels, the same for masked and compressed networks."""
 
 import pytest
 import torch
 from conftest import SmallCNN
 from torch import nn
 
-from acosp.compress import compress
+from acosp.compress import compress, format_comparison, format_model_statistics, model_statistics
 from acosp.inject import UnprunableConv2d, soft_to_hard_k
 from acosp.masks import ChannelMask
 from acosp.pruner import SoftTopKPruner
-from acosp.stats import format_comparison, format_model_statistics, model_statistics
 
 
 def test_counts_of_a_plain_network_by_hand():

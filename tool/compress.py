@@ -27,9 +27,15 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from acosp.compress import compress, compression_report, compression_spec  # noqa: E402
+from acosp.compress import (  # noqa: E402
+    compress,
+    compression_report,
+    compression_spec,
+    format_comparison,
+    format_model_statistics,
+    model_statistics,
+)
 from acosp.inject import soft_masks  # noqa: E402
-from acosp.stats import format_comparison, format_model_statistics, model_statistics  # noqa: E402
 from model import describe_arch  # noqa: E402
 from util.atomic import atomic_path  # noqa: E402
 from util.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint  # noqa: E402

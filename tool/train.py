@@ -20,7 +20,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from acosp import SoftTopKPruner  # noqa: E402
-from acosp.coupling import shared_mask_groups  # noqa: E402
+from acosp.compress import shared_mask_groups  # noqa: E402
 from acosp.inject import hard_to_conv, soft_to_hard_k  # noqa: E402
 from model import build_model, describe_arch  # noqa: E402
 from util.checkpoint import load_checkpoint, load_network_state, model_from_checkpoint, save_checkpoint  # noqa: E402

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 import acosp.stats
+from acosp.compress import model_statistics
 from acosp.inject import is_prunable, named_mask_layers
 from util.checkpoint import model_from_checkpoint
 from util.config import repo_path
@@ -63,10 +64,7 @@ def read_metrics(path: str | Path) -> dict[str, float]:
 
 def _count_as_compressed(model: nn.Module, example: torch.Tensor) -> int | None:
     """Parameters of the network once its pruned channels are removed, where acosp can count them."""
-    statistics = getattr(acosp.stats, "model_statistics", None)
-    if statistics is None:
-        return None
-    return int(statistics(model, example)["parameters"])
+    return int(model_statistics(model, example)["parameters"])
 
 
 def network_size(model: nn.Module, example: torch.Tensor) -> dict[str, int | None]:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from acosp.channels import UNPOOLING, ChannelFlow, is_step
+from acosp.compression.channels import UNPOOLING, ChannelFlow, is_step
+from acosp.compression.trace import trace
 from acosp.inject import MaskedConv, is_prunable, named_mask_layers, unwrap
-from acosp.trace import trace
 
 
 def coupled_groups(model: nn.Module, example_input: torch.Tensor | tuple) -> list[list[str]]:

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from acosp.compression.trace import Graph, Node, Ref, Value
 from acosp.inject import MaskedConv
 from acosp.masks import ChannelMask
-from acosp.trace import Graph, Node, Ref, Value
 
 _BATCH_NORM_FORWARD = nn.modules.batchnorm._BatchNorm.forward
 _STEP_FORWARDS = (nn.Conv2d.forward, nn.ConvTranspose2d.forward, nn.Linear.forward, _BATCH_NORM_FORWARD)

@@ -1,0 +1,478 @@
+"""A network with hard masks -> a dense network that computes the same function with fewer channels.
+
+``compress(model, example_input)`` runs the masked network once on the example input, recording
+what flows where (``trace``), works out which channels every tensor must keep
+(``channels``), and rebuilds each conv, BatchNorm and linear layer narrower, in a copy of the
+network whose own ``forward`` stays as it is. Pruned channels are constants after BatchNorm; the
+layers that read them fold them into their bias (exactly, with a border correction for zero
+padding). Where a residual sum keeps channels that one branch pruned, that branch computes its
+channels narrow and writes them into the wider sum. A BatchNorm that only reads a conv is folded
+into it (``fold_batchnorm``).
+
+The result is described by plain data (``spec``), so a checkpoint needs no pickled modules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from acosp.compression.channels import UNPOOLING, ChannelFlow, is_step
+from acosp.compression.layers import RemovedLayer
+from acosp.compression.spec import SPEC_FORMAT, SPEC_VERSION, build_layer
+from acosp.compression.trace import Graph, Node, Value, tensors_in, trace
+from acosp.inject import MaskedConv, output_channel_weight, unwrap
+
+# Spread (max - min) allowed in a channel treated as a constant, relative to its magnitude.
+_CONSTANT_TOLERANCE = 1e-4
+
+
+def compress(
+    model: nn.Module,
+    example_input: torch.Tensor | tuple,
+    strict: bool = True,
+    check: bool = True,
+    tolerance: float = 1e-4,
+    fold_batchnorm: bool = True,
+) -> nn.Module:
+    """A smaller copy of ``model`` (hard masks) that computes the same function in eval mode.
+
+    ``example_input`` is what ``model`` is called with (a tensor or a tuple of arguments), at the
+    size it will be used at; a batch of two or more random images also checks that constants do
+    not depend on the image. Layers the eval forward pass does not call are removed. With
+    ``strict`` an operation whose channel semantics are unknown raises ``UnsupportedOperation``
+    naming it when it receives pruned channels; with ``strict=False`` those tensors keep full
+    width. A DataParallel or DistributedDataParallel wrapper is taken off: the result is the bare
+    network. With ``check`` the copy is run on the example input and must match the masked network
+    within ``tolerance`` (max |difference| / max |output|). With ``fold_batchnorm`` a BatchNorm
+    that only reads a conv's output is folded into that conv (its place gets an ``nn.Identity``):
+    the same function with one pass less over every tensor; ``False`` keeps the BatchNorm layers,
+    to fine-tune the compressed network, say. The model itself is left unchanged.
+    """
+    network = unwrap(model)
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    training = network.training
+    network.eval()
+    try:
+        with full_float32_precision():
+            graph = trace(network, args, is_step, snapshot_functions=UNPOOLING)
+        flow = ChannelFlow(graph, strict=strict)
+        compressed, spec = _rebuild(network, graph, flow, fold_batchnorm)
+    finally:
+        network.train(training)
+    compressed.eval()
+    spec["input_shape"] = [list(tensor.shape) for tensor in args if isinstance(tensor, torch.Tensor)]
+    if check:
+        with full_float32_precision():
+            error = relative_error(graph.output, _run(compressed, args))
+        spec["relative_error"] = error
+        if not error <= tolerance:
+            # The convs of the compressed network sum fewer terms in another order. Where the function
+            # is discontinuous (max-unpooling puts a value wherever the max of its window was), a rounding
+            # difference at a near-tie moves values. The same construction in float64 shows whether that
+            # is all: its rounding is 1e-16, too small to move anything.
+            precise_network = copy.deepcopy(network).double().eval()
+            precise_args = _double(args)
+            precise_copy = compress(precise_network, precise_args, strict, False, fold_batchnorm=fold_batchnorm)
+            precise = relative_error(_run(precise_network, precise_args), _run(precise_copy, precise_args))
+            if not precise <= tolerance:
+                raise RuntimeError(
+                    f"the compressed network differs from the masked one by {error:.3g} (relative; {precise:.3g} in "
+                    f"float64), more than {tolerance:g}: this is a bug in acosp.compress, please report it"
+                )
+            spec["relative_error_float64"] = precise
+            warnings.warn(
+                f"the compressed network differs from the masked one by {error:.3g} (relative) as computed, but "
+                f"the same compression in float64 by only {precise:.2g}: rounding moved a value where the network "
+                "is discontinuous (a near-tie in max-pooling whose indices unpool), as any change in the order of "
+                "summation can",
+                stacklevel=2,
+            )
+    compressed._acosp_compression_spec = spec
+    return compressed
+
+
+@contextlib.contextmanager
+def full_float32_precision() -> Iterator[None]:
+    """Float32 convs and matrix products in full precision on CUDA, within the block.
+
+    PyTorch lets cuDNN convs use TF32 on recent GPUs by default: a 10-bit mantissa, relative
+    errors near 1e-3, far above the 1e-4 that ``compress`` checks and nothing to do with the
+    construction. The trace and the check therefore run in IEEE float32; the settings are
+    restored afterwards (on the CPU they change nothing).
+    """
+    cudnn_conv = getattr(torch.backends.cudnn, "conv", None)
+    matmul = torch.backends.cuda.matmul
+    if cudnn_conv is not None and hasattr(cudnn_conv, "fp32_precision"):  # the per-operator settings
+        settings = [(cudnn_conv, "fp32_precision", "ieee"), (matmul, "fp32_precision", "ieee")]
+    else:
+        settings = [(torch.backends.cudnn, "allow_tf32", False), (matmul, "allow_tf32", False)]
+    saved = [getattr(owner, name) for owner, name, _ in settings]
+    for owner, name, value in settings:
+        setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        for (owner, name, _), value in zip(settings, saved):
+            setattr(owner, name, value)
+
+
+# --- building ---------------------------------------------------------------------------------------------
+
+
+def _run(model: nn.Module, args: tuple) -> Any:
+    with torch.no_grad():
+        return model(*args)
+
+
+def _double(args: tuple) -> tuple:
+    return tuple(arg.double() if isinstance(arg, torch.Tensor) and arg.is_floating_point() else arg for arg in args)
+
+
+def relative_error(reference: Any, result: Any) -> float:
+    """max |result - reference| / max |reference| over the tensors of two outputs: the measure ``compress`` checks."""
+
+    expected, actual = list(tensors_in(reference)), list(tensors_in(result))
+    if len(expected) != len(actual) or any(a.shape != b.shape for a, b in zip(expected, actual)):
+        return float("inf")
+    worst = 0.0
+    for a, b in zip(expected, actual):
+        a, b = a.detach(), b.detach()
+        if not a.is_floating_point():
+            worst = max(worst, 0.0 if torch.equal(a, b) else float("inf"))
+            continue
+        scale = float(a.abs().max()) if a.numel() else 0.0
+        difference = float((a - b).abs().max()) if a.numel() else 0.0
+        worst = max(worst, difference / scale if scale > 0 else difference)
+    return worst
+
+
+def _rebuild(
+    network: nn.Module, graph: Graph, flow: ChannelFlow, fold_batchnorm: bool
+) -> tuple[nn.Module, dict[str, Any]]:
+    names: dict[int, list[str]] = {}
+    for name, module in network.named_modules(remove_duplicate=False):
+        names.setdefault(id(module), []).append(name)
+    layers: dict[str, dict[str, Any]] = {}
+    replacements: dict[int, nn.Module] = {}  # id of a layer -> what the copy gets in its place
+    kept: dict[str, list[int]] = {}
+    norms = _batch_norms_after_convs(graph) if fold_batchnorm else {}
+    folded = {id(norm) for norm in norms.values()}
+    for calls in graph.module_calls().values():
+        module = calls[0].target
+        name = names[id(module)][0]
+        if isinstance(module, MaskedConv):
+            mask = module.mask_layer.mask
+            kept[name] = [int((mask > 0.5).sum()), mask.numel()]
+        if id(module) in folded:
+            built = nn.Identity(), {"type": "Identity"}
+        else:
+            built = _narrowed(module, calls[0], flow, norms.get(id(module)))
+        if built is None:
+            continue
+        new, entry = built
+        replacements[id(module)] = new
+        for alias in names[id(module)]:
+            layers[alias] = entry
+    for name, module in _unused_subtrees(network, graph):
+        replacements[id(module)] = RemovedLayer(name)
+        for alias in names[id(module)]:
+            layers[alias] = {"type": "Removed"}
+    # deepcopy takes what its memo holds for an object as that object's copy: the replaced layers are
+    # not copied at all, and every place that shares one gets the same replacement.
+    compressed = copy.deepcopy(network, memo=dict(replacements))
+    spec = {
+        "format": SPEC_FORMAT,
+        "version": SPEC_VERSION,
+        "layers": layers,
+        "kept_channels": kept,
+        "full_width": list(dict.fromkeys(flow.full_reasons)),
+    }
+    return compressed, spec
+
+
+def _narrowed(
+    module: nn.Module, call: Node, flow: ChannelFlow, norm: nn.Module | None = None
+) -> tuple[nn.Module, dict[str, Any]] | None:
+    """The narrowed replacement of one layer (with ``norm`` folded in) and its spec entry; None: it stays."""
+    source, output = call.inputs[0], call.outputs[0]
+    if isinstance(module, MaskedConv):
+        return _narrowed_conv(module.conv, module.mask_layer.mask > 0.5, call, flow, norm)
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        kept = torch.ones(module.out_channels, dtype=torch.bool)
+        if flow.required[source.index].all() and flow.required[output.index].all() and norm is None:
+            return None
+        return _narrowed_conv(module, kept, call, flow, norm)
+    if isinstance(module, nn.Linear):
+        if flow.required[source.index].all():
+            return None
+        return _narrowed_linear(module, call, flow)
+    if flow.required[source.index].all():
+        return None
+    return _narrowed_batch_norm(module, flow.layout(source))
+
+
+def _constants(call: Node, value: Value, dropped: torch.Tensor) -> torch.Tensor:
+    """The values of the dropped (constant) channels of a layer's input, checked to be constant."""
+    if dropped.numel() == 0:
+        return torch.zeros(0, dtype=torch.float64)
+    shot = call.snapshots.get(value.index)
+    if shot is None:
+        raise ValueError(f"{call.where()} reads pruned channels of a tensor that is not floating point")
+    first, spread = shot.first[dropped], shot.spread[dropped]
+    bad = spread > _CONSTANT_TOLERANCE * (1 + first.abs())
+    if bad.any():
+        raise RuntimeError(
+            f"internal error: channels {dropped[bad][:5].tolist()} of the input of {call.where()} should be "
+            f"constant but vary by up to {float(spread.max()):.3g}"
+        )
+    return first
+
+
+def _dropped_inputs(flow: ChannelFlow, value: Value):
+    """The dropped constant channels of a layer's input, and (representative, factors) of dropped multiples."""
+    dropped = ~flow.required[value.index]
+    multiples = flow.proportional.get(value.index)
+    if multiples is not None:
+        representative, factors = multiples
+        factors = torch.where(dropped, factors, torch.zeros_like(factors))
+        dropped = dropped & (factors == 0)
+        multiples = (representative, factors) if factors.any() else None
+    return torch.nonzero(dropped).flatten(), multiples
+
+
+def _batch_norms_after_convs(graph: Graph) -> dict[int, nn.Module]:
+    """``{id(conv layer): BatchNorm}`` where a BatchNorm (with running statistics) is all that reads a conv's output."""
+    readers: dict[int, list[Node]] = {}
+    for node in graph.nodes:
+        for value in node.inputs:
+            readers.setdefault(value.index, []).append(node)
+    calls = graph.module_calls()
+    outputs = {value.index for value in graph.outputs}
+    pairs = {}
+    for node in graph.nodes:
+        if node.kind != "module" or len(calls[id(node.target)]) != 1:
+            continue
+        conv = node.target.conv if isinstance(node.target, MaskedConv) else node.target
+        if not isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) or conv.groups != 1:
+            continue
+        value = node.outputs[0]
+        users = readers.get(value.index, [])
+        if value.index in outputs or len(users) != 1 or users[0].kind != "module":
+            continue
+        norm = users[0].target
+        if (
+            isinstance(norm, nn.BatchNorm2d)
+            and norm.running_mean is not None
+            and norm.num_features == conv.out_channels
+            and len(calls[id(norm)]) == 1
+        ):
+            pairs[id(node.target)] = norm
+    return pairs
+
+
+def _batch_norm_affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """BatchNorm in eval mode as ``x * scale + shift`` per channel (float64, on the CPU)."""
+    scale = 1.0 / (norm.running_var.detach().cpu().double() + norm.eps).sqrt()
+    if norm.weight is not None:
+        scale = scale * norm.weight.detach().cpu().double()
+    shift = -norm.running_mean.detach().cpu().double() * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias.detach().cpu().double()
+    return scale, shift
+
+
+def _narrowed_conv(conv: nn.Module, kept: torch.Tensor, call: Node, flow: ChannelFlow, norm: nn.Module | None):
+    source, output = call.inputs[0], call.outputs[0]
+    transposed = isinstance(conv, nn.ConvTranspose2d)
+    weight = conv.weight.detach().cpu()  # narrowed on the CPU, where the channel indices live
+    bias = None if conv.bias is None else conv.bias.detach().cpu()
+    mask = kept.to(weight.dtype)
+    if conv.groups > 1:
+        if conv.groups == conv.in_channels == conv.out_channels:  # depthwise: channel c from channel c
+            layout = flow.layout(output)
+            weight = weight[layout] * mask[layout].view(-1, 1, 1, 1)
+            bias = None if bias is None else bias[layout] * mask[layout]
+            groups, in_layout, kept_index = len(layout), layout, layout
+        else:  # whole width, masks folded in
+            weight = weight * output_channel_weight(conv, mask)
+            bias = None if bias is None else bias * mask
+            groups = conv.groups
+            in_layout = torch.arange(conv.in_channels)
+            kept_index = torch.arange(conv.out_channels)
+        entry = _conv_entry(conv, len(in_layout), len(kept_index), groups, bias is not None, None, False)
+        return _make_conv(entry, conv, weight, bias, None, None), entry
+    in_layout = flow.layout(source)
+    out_layout = flow.layout(output)
+    kept_index = torch.nonzero(kept).flatten()
+    dropped, multiples = _dropped_inputs(flow, source)
+    constants = _constants(call, source, dropped)
+    # Filters by output channel then by input channel, whatever the layout of the weight.
+    by_output = weight.transpose(0, 1) if transposed else weight
+    by_output = by_output.index_select(0, kept_index)
+    narrow = by_output.index_select(1, in_layout)
+    folded = torch.einsum("oikl,i->okl", by_output.index_select(1, dropped).double(), constants)
+    if multiples is not None:  # channels that are multiples of a kept one: add their filters to its filter
+        representative, factors = multiples
+        position = int(torch.searchsorted(in_layout, representative))
+        channels = torch.nonzero(factors).flatten()
+        scale = factors[channels].to(weight.dtype)
+        narrow[:, position] += torch.einsum("oikl,i->okl", by_output.index_select(1, channels), scale)
+    has_constant = bool(dropped.numel()) and bool(folded.abs().max() > 0)
+    new_bias = None if bias is None else bias[kept_index].double()
+    constant_input = False
+    if has_constant:
+        padded = conv.padding != "valid" and (isinstance(conv.padding, str) or any(conv.padding))
+        if transposed:
+            constant_input = True  # a periodic map, added whole
+        else:
+            new_bias = (0 if new_bias is None else new_bias) + folded.sum((1, 2))
+            constant_input = padded and conv.padding_mode == "zeros"
+    fill = None
+    if norm is not None:  # BatchNorm(y) = y * scale + shift, per channel: into the filters and the bias
+        scale, shift = _batch_norm_affine(norm)
+        narrow = narrow * scale[kept_index].to(narrow.dtype).view(-1, 1, 1, 1)
+        new_bias = (0 if new_bias is None else new_bias) * scale[kept_index] + shift[kept_index]
+        folded = folded * scale[kept_index].view(-1, 1, 1)
+        fill = shift[out_layout]  # what BatchNorm makes of the channels this conv does not compute
+    if transposed:
+        narrow = narrow.transpose(0, 1)
+    out_width = None
+    out_index = None
+    if not torch.equal(out_layout, kept_index):
+        out_width = len(out_layout)
+        out_index = torch.searchsorted(out_layout, kept_index)
+    filled = out_width is not None and fill is not None and bool(fill.abs().max() > 0)
+    has_bias = new_bias is not None
+    entry = _conv_entry(conv, len(in_layout), len(kept_index), 1, has_bias, out_width, constant_input, filled)
+    new_bias = None if new_bias is None else new_bias.to(weight.dtype)
+    kernel = folded.to(weight.dtype) if constant_input else None
+    fill = fill.to(weight.dtype) if filled else None
+    return _make_conv(entry, conv, narrow, new_bias, out_index, kernel, fill), entry
+
+
+def _conv_entry(conv, in_channels, out_channels, groups, bias, out_width, constant_input, filled=False) -> dict:
+    transposed = isinstance(conv, nn.ConvTranspose2d)
+    special = out_width is not None or constant_input
+    if special:
+        kind = "CompressedConvTranspose2d" if transposed else "CompressedConv2d"
+    else:
+        kind = "ConvTranspose2d" if transposed else "Conv2d"
+    entry = {
+        "type": kind,
+        "in_channels": in_channels,
+        "out_channels": out_channels,
+        "kernel_size": list(conv.kernel_size),
+        "stride": list(conv.stride),
+        "padding": conv.padding if isinstance(conv.padding, str) else list(conv.padding),
+        "dilation": list(conv.dilation),
+        "groups": groups,
+        "bias": bool(bias),
+        "padding_mode": conv.padding_mode,
+        "unprunable": bool(getattr(conv, "unprunable", False)),
+        "original_in_channels": conv.in_channels,
+        "original_out_channels": conv.out_channels,
+    }
+    if transposed:
+        entry["output_padding"] = list(conv.output_padding)
+    if special:
+        entry["out_width"] = out_width
+        entry["constant_input"] = constant_input
+        entry["filled"] = filled
+    return entry
+
+
+@torch.no_grad()
+def _make_conv(entry, conv, weight, bias, out_index, kernel, fill=None) -> nn.Module:
+    new = build_layer(entry, "")
+    new.to(device=conv.weight.device, dtype=conv.weight.dtype)
+    new.weight.copy_(weight)
+    if bias is not None:
+        new.bias.copy_(bias)
+    if out_index is not None:
+        new.out_index.copy_(out_index)
+    if kernel is not None:
+        new.constant_kernel.copy_(kernel)
+    if fill is not None:
+        new.out_fill.copy_(fill)
+    new.train(conv.training)
+    return new
+
+
+@torch.no_grad()
+def _narrowed_linear(linear: nn.Linear, call: Node, flow: ChannelFlow):
+    source = call.inputs[0]
+    layout = flow.layout(source)
+    dropped, multiples = _dropped_inputs(flow, source)
+    if multiples is not None:
+        raise RuntimeError(f"internal error: {call.where()} reads channels that are multiples of others")
+    constants = _constants(call, source, dropped)
+    weight = linear.weight.detach().cpu()
+    bias = torch.zeros(linear.out_features, dtype=torch.float64)
+    if linear.bias is not None:
+        bias = linear.bias.detach().cpu().double()
+    bias = bias + weight[:, dropped].double() @ constants
+    entry = {
+        "type": "Linear",
+        "in_features": len(layout),
+        "out_features": linear.out_features,
+        "bias": True,
+        "original_in_features": linear.in_features,
+    }
+    new = build_layer(entry, "").to(device=linear.weight.device, dtype=weight.dtype)
+    new.weight.copy_(weight[:, layout])
+    new.bias.copy_(bias.to(weight.dtype))
+    return new, entry
+
+
+@torch.no_grad()
+def _narrowed_batch_norm(norm: nn.modules.batchnorm._BatchNorm, layout: torch.Tensor):
+    entry = {
+        "type": type(norm).__name__,
+        "num_features": len(layout),
+        "eps": norm.eps,
+        "momentum": norm.momentum,
+        "affine": norm.affine,
+        "track_running_stats": norm.track_running_stats,
+        "original_num_features": norm.num_features,
+    }
+    new = build_layer(entry, "")
+    for key, tensor in norm.state_dict().items():
+        target = new.state_dict()[key]
+        target.copy_(tensor if tensor.dim() == 0 else tensor.cpu()[layout])
+    reference = norm.running_mean if norm.running_mean is not None else norm.weight
+    if reference is not None:
+        new.to(device=reference.device, dtype=reference.dtype)
+    new.train(norm.training)
+    return new, entry
+
+
+def _unused_subtrees(network: nn.Module, graph: Graph) -> list[tuple[str, nn.Module]]:
+    """The largest sub-modules (name, module) holding weights that the traced forward pass never used."""
+    used = set(graph.called_modules)
+    for module in network.modules():
+        own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+        if any(id(tensor) in graph.used_tensors for tensor in own):
+            used.add(id(module))
+    removed = []
+
+    def visit(module: nn.Module, prefix: str) -> None:
+        for child_name, child in module._modules.items():
+            if child is None:
+                continue
+            name = f"{prefix}{child_name}"
+            subtree = list(child.modules())
+            holds = any(True for m in subtree for _ in [*m.parameters(recurse=False), *m.buffers(recurse=False)])
+            if holds and not any(id(m) in used for m in subtree):
+                removed.append((name, child))
+            elif not is_step(child):
+                visit(child, name + ".")
+
+    visit(network, "")
+    return removed

@@ -1,0 +1,148 @@
+"""The plain-data description of a compressed network, and rebuilding the network from it.
+
+``compress`` records every layer it narrows as an entry of lists, numbers and strings; a
+checkpoint saves that beside the state dict, and ``apply_compression_spec`` turns a freshly built
+network back into the compressed one, so no pickled modules are needed.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from torch import nn
+
+from acosp.compression.layers import CompressedConv2d, CompressedConvTranspose2d, RemovedLayer
+from acosp.inject import MaskedConv, UnprunableConv2d, unwrap
+
+SPEC_FORMAT = "acosp.compression"
+SPEC_VERSION = 1
+
+
+def compression_spec(compressed: nn.Module) -> dict[str, Any]:
+    """The plain-data description of a compressed network (only lists, dicts, numbers, strings).
+
+    Save it beside ``compressed.state_dict()``; ``apply_compression_spec`` turns the network as
+    built back into the compressed one.
+    """
+    spec = unwrap(compressed).__dict__.get("_acosp_compression_spec")
+    if spec is None:
+        raise ValueError("this network was not made by acosp.compress.compress (it has no compression spec)")
+    return copy.deepcopy(spec)
+
+
+def apply_compression_spec(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
+    """Turn a freshly built network (with or without masks) into the compressed one; returns it.
+
+    The layers get the compressed shapes but not their values: load the compressed state dict
+    afterwards (``model.load_state_dict(state_dict)``, strict).
+    """
+    if not isinstance(spec, dict) or spec.get("format") != SPEC_FORMAT:
+        raise ValueError(f"not an acosp compression spec (expected format '{SPEC_FORMAT}')")
+    if spec.get("version") != SPEC_VERSION:
+        raise ValueError(f"compression spec version {spec.get('version')} is not supported (expected {SPEC_VERSION})")
+    network = unwrap(model)
+    modules = dict(network.named_modules(remove_duplicate=False))
+    for name, entry in spec["layers"].items():
+        if name not in modules:
+            raise ValueError(f"the compression spec names layer '{name}', which this network does not have")
+        base = modules[name]
+        if isinstance(base, MaskedConv):
+            base = base.conv
+        expected = BASE_TYPES.get(entry["type"])
+        if expected is not None and not isinstance(base, expected):
+            raise ValueError(
+                f"the compression spec has a {entry['type']} at '{name}', but this network has a {type(base).__name__}"
+            )
+        layer = build_layer(entry, name)
+        reference = next(iter([*base.parameters(), *base.buffers()]), None)
+        if reference is not None:  # where the layer it replaces lives
+            layer.to(device=reference.device, dtype=reference.dtype if reference.is_floating_point() else None)
+        set_module(network, name, layer)
+    network._acosp_compression_spec = copy.deepcopy(spec)
+    return model
+
+
+def compression_report(compressed: nn.Module) -> str:
+    """Which layers write into wider tensors, and which tensors kept full width and why."""
+    spec = compression_spec(compressed)
+    lines = []
+    for name, entry in spec["layers"].items():
+        if entry.get("out_width") is not None:
+            lines.append(
+                f"{name}: computes {entry['out_channels']} of {entry['original_out_channels']} channels, written "
+                f"into {entry['out_width']} (what it feeds keeps channels that other layers compute)"
+            )
+    lines += [f"full width: {reason}" for reason in spec["full_width"]]
+    return "\n".join(lines) if lines else "every layer keeps only its own channels"
+
+
+BASE_TYPES = {
+    "Conv2d": nn.Conv2d,
+    "CompressedConv2d": nn.Conv2d,
+    "ConvTranspose2d": nn.ConvTranspose2d,
+    "CompressedConvTranspose2d": nn.ConvTranspose2d,
+    "Linear": nn.Linear,
+    "BatchNorm1d": nn.BatchNorm1d,
+    "BatchNorm2d": nn.BatchNorm2d,
+    "BatchNorm3d": nn.BatchNorm3d,
+    "Identity": nn.modules.batchnorm._BatchNorm,  # a BatchNorm folded into the conv before it
+}
+
+
+def build_layer(entry: dict[str, Any], name: str) -> nn.Module:
+    """An (uninitialised) layer of the shape a spec entry describes."""
+    kind = entry["type"]
+    if kind == "Removed":
+        return RemovedLayer(name)
+    if kind == "Identity":
+        return nn.Identity()
+    if kind == "Linear":
+        return nn.Linear(entry["in_features"], entry["out_features"], bias=entry["bias"])
+    if kind in ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d"):
+        return getattr(nn, kind)(
+            entry["num_features"],
+            eps=entry["eps"],
+            momentum=entry["momentum"],
+            affine=entry["affine"],
+            track_running_stats=entry["track_running_stats"],
+        )
+    arguments = {
+        "in_channels": entry["in_channels"],
+        "out_channels": entry["out_channels"],
+        "kernel_size": tuple(entry["kernel_size"]),
+        "stride": tuple(entry["stride"]),
+        "padding": entry["padding"] if isinstance(entry["padding"], str) else tuple(entry["padding"]),
+        "dilation": tuple(entry["dilation"]),
+        "groups": entry["groups"],
+        "bias": entry["bias"],
+        "padding_mode": entry["padding_mode"],
+    }
+    if "output_padding" in entry:
+        arguments["output_padding"] = tuple(entry["output_padding"])
+    special = {
+        "out_width": entry.get("out_width"),
+        "constant_input": entry.get("constant_input", False),
+        "filled": entry.get("filled", False),
+    }
+    if kind == "Conv2d":
+        layer = (UnprunableConv2d if entry["unprunable"] else nn.Conv2d)(**arguments)
+    elif kind == "ConvTranspose2d":
+        layer = nn.ConvTranspose2d(**arguments)
+        if entry["unprunable"]:
+            layer.unprunable = True
+    elif kind == "CompressedConv2d":
+        layer = CompressedConv2d(**arguments, **special)
+    elif kind == "CompressedConvTranspose2d":
+        layer = CompressedConvTranspose2d(**arguments, **special)
+    else:
+        raise ValueError(f"unknown layer type '{kind}' in the compression spec")
+    return layer
+
+
+def set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent = root
+    *path, last = name.split(".")
+    for part in path:
+        parent = parent._modules[part]
+    parent._modules[last] = module
