@@ -1,7 +1,7 @@
 """Experiment configs: one YAML file plus ``key value`` overrides, flattened and validated.
 
-A config file has the sections DATA, TRAIN, Distributed and TEST (the layout of the original
-publication's and hszhao/semseg's configs); their keys form one namespace with attribute access,
+A config file has the sections DATA, TRAIN and TEST (the layout of the original publication's
+and hszhao/semseg's configs; their Distributed section loads too, its keys ignored: ``IGNORED_KEYS``); their keys form one namespace with attribute access,
 ``cfg.base_lr``. ``SCHEMA`` below is the single list of known keys, with their types and defaults.
 Every mistake (an unknown key, a wrong type, an impossible value, a missing or malformed file) is a
 ``ConfigError`` whose message names the file and the key, so a run fails before it starts.
@@ -13,6 +13,7 @@ import copy
 import difflib
 import math
 import re
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,29 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("DATA", "TRAIN", "Distributed", "TEST")
 ARCHS = ("psp", "segnet", "resnet18")
 PSP_LAYERS = (50, 101, 152)
-LEGACY_KEYS = ("use_apex", "opt_level", "keep_batchnorm_fp32", "loss_scale")
-"""semseg's apex keys: accepted so its configs load, and dropped (``amp`` replaces them)."""
+_APEX = "mixed precision is the key amp"
+_TORCHRUN = "processes and devices come from torchrun's environment (NPROC in tool/train.sh)"
+IGNORED_KEYS = {
+    "use_apex": _APEX,
+    "opt_level": _APEX,
+    "keep_batchnorm_fp32": _APEX,
+    "loss_scale": _APEX,
+    "train_gpu": _TORCHRUN + "; a single process uses the first visible GPU (CUDA_VISIBLE_DEVICES)",
+    "dist_url": _TORCHRUN,
+    "dist_backend": _TORCHRUN + ": nccl on CUDA, gloo on the CPU",
+    "multiprocessing_distributed": _TORCHRUN,
+    "world_size": _TORCHRUN,
+    "rank": _TORCHRUN,
+}
+"""semseg's keys that nothing here reads: accepted so its configs load, dropped with a note saying why."""
+
+
+class IgnoredKeyWarning(UserWarning):
+    """A semseg key that this repository accepts and ignores (``IGNORED_KEYS`` says why)."""
+
+
+def _note_ignored(where: str, key: str) -> None:
+    warnings.warn(f"{where}: {key} is ignored: {IGNORED_KEYS[key]}", IgnoredKeyWarning, stacklevel=3)
 
 
 class ConfigError(ValueError):
@@ -92,7 +114,6 @@ SCHEMA: dict[str, Key] = {
         ("zoom_factor", int, 8, "PSPNet upsamples its 1/8-resolution logits by this factor: 1, 2, 4 or 8"),
         ("ignore_label", int, 255, "label value that is not a class and not scored"),
         ("aux_weight", float, 0.4, "weight of PSPNet's auxiliary loss (0: none)"),
-        ("train_gpu", list, [0], "GPUs of a single-process run (torchrun's environment takes precedence)", int),
         ("workers", int, 8, "data loader processes per training process"),
         ("batch_size", int, 16, "training batch size, summed over all processes"),
         ("batch_size_val", int, 8, "evaluation batch size during training, summed over all processes"),
@@ -124,14 +145,6 @@ SCHEMA: dict[str, Key] = {
         ("min_remaining_elements", int, 8, "a pruned layer keeps at least this many channels"),
         ("round_to", int, 1, "hard masks keep k rounded up to a multiple of this (8: widths that suit the hardware)"),
         ("coupled_masks", bool, False, "convs summed into one residual stream share a mask, so the stream narrows too"),
-    ),
-    **_keys(
-        "Distributed",
-        ("dist_url", str, "tcp://127.0.0.1:6789", "rendezvous address when not started by torchrun"),
-        ("dist_backend", str, "nccl", "torch.distributed backend: nccl or gloo"),
-        ("multiprocessing_distributed", bool, False, "start one process per GPU of train_gpu"),
-        ("world_size", int, 1, "number of nodes (torchrun's environment takes precedence)"),
-        ("rank", int, 0, "rank of this node (torchrun's environment takes precedence)"),
     ),
     **_keys(
         "TEST",
@@ -313,13 +326,14 @@ def _flatten(data: Any, where: str) -> dict[str, Any]:
             if not isinstance(content, dict):
                 raise ConfigError(f"{where}: section {name} must hold 'key: value' lines, got {_describe(content)}")
             entries = content.items()
-        elif name in SCHEMA or name in LEGACY_KEYS:
+        elif name in SCHEMA or name in IGNORED_KEYS:
             entries = [(name, content)]
         else:
             raise ConfigError(f"{where}: unknown section or key {name!r}{_suggest(str(name))}")
         for key, value in entries:
             key = str(key)
-            if key in LEGACY_KEYS:
+            if key in IGNORED_KEYS:
+                _note_ignored(where, key)
                 continue
             if key in flat:
                 raise ConfigError(f"{where}: key {key} is set twice, in {origin[key]} and in {name}")
@@ -344,6 +358,9 @@ def merge_cfg_from_list(cfg: CfgNode, overrides: Sequence[str]) -> CfgNode:
     merged = copy.deepcopy(cfg)
     for full_key, text in zip(overrides[::2], overrides[1::2]):
         section, _, key = full_key.rpartition(".")
+        if key in IGNORED_KEYS:
+            _note_ignored(where, key)
+            continue
         if key not in SCHEMA:
             raise ConfigError(f"{where}: unknown key {full_key!r}{_suggest(key)}")
         if section and section != SCHEMA[key].section:
@@ -388,9 +405,9 @@ def _problems(cfg: CfgNode) -> list[str]:
         need(cfg.train_list is not None, f"train_list is required for arch {arch}")
     for key in ("train_h", "train_w", "test_h", "test_w", "base_size", "epochs", "batch_size", "batch_size_val"):
         need(cfg[key] >= 1, f"{key} must be at least 1, got {cfg[key]}")
-    for key in ("batch_size_test", "print_freq", "save_freq", "min_remaining_elements", "world_size"):
+    for key in ("batch_size_test", "print_freq", "save_freq", "min_remaining_elements"):
         need(cfg[key] >= 1, f"{key} must be at least 1, got {cfg[key]}")
-    for key in ("workers", "start_epoch", "starting_epoch", "index_start", "index_step", "rank", "weight_decay"):
+    for key in ("workers", "start_epoch", "starting_epoch", "index_start", "index_step", "weight_decay"):
         need(cfg[key] >= 0, f"{key} must not be negative, got {cfg[key]}")
     need(0 <= cfg.sparsity < 1, f"sparsity must be in [0, 1), got {cfg.sparsity}")
     need(0 < cfg.scale_min <= cfg.scale_max, f"need 0 < scale_min <= scale_max, got {cfg.scale_min}, {cfg.scale_max}")
@@ -431,7 +448,6 @@ def _problems(cfg: CfgNode) -> list[str]:
         cfg.absent_classes in ("exclude", "zero"),
         f"absent_classes must be exclude or zero, got {cfg.absent_classes!r}",
     )
-    need(cfg.dist_backend in ("nccl", "gloo"), f"dist_backend must be nccl or gloo, got {cfg.dist_backend!r}")
     need(bool(re.fullmatch(r"[\w.-]+", cfg.dataset)), f"dataset must be a plain name, got {cfg.dataset!r}")
     return problems
 
@@ -469,8 +485,11 @@ def validate(cfg: CfgNode) -> CfgNode:
 
 
 def build_config(values: Mapping[str, Any], source: str = "<config>", overrides: Sequence[str] = ()) -> CfgNode:
-    """A validated config from a flat dict (a checkpoint's resolved config), with optional overrides."""
-    checked = {key: check_value(key, value, source) for key, value in values.items() if key not in LEGACY_KEYS}
+    """A validated config from a flat dict (a checkpoint's resolved config), with optional overrides.
+
+    Ignored keys, which checkpoints of earlier versions hold, are dropped without a note.
+    """
+    checked = {key: check_value(key, value, source) for key, value in values.items() if key not in IGNORED_KEYS}
     defaults = {key: copy.deepcopy(spec.default) for key, spec in SCHEMA.items() if spec.default is not REQUIRED}
     return validate(merge_cfg_from_list(CfgNode({**defaults, **checked}, source), overrides))
 
