@@ -1,8 +1,9 @@
 """Experiment configs: one YAML file plus ``key value`` overrides, flattened and validated.
 
 A config file has the sections DATA, TRAIN and TEST (the layout of the original publication's
-and hszhao/semseg's configs; their Distributed section loads too, its keys ignored: ``IGNORED_KEYS``); their keys form one namespace with attribute access,
-``cfg.base_lr``. ``SCHEMA`` below is the single list of known keys, with their types and defaults.
+and hszhao/semseg's configs; their Distributed section loads too, its keys ignored: see
+``IGNORED_KEYS``). Their keys form one namespace with attribute access, ``cfg.base_lr``.
+``SCHEMA`` below is the single list of known keys, with their types and defaults.
 Every mistake (an unknown key, a wrong type, an impossible value, a missing or malformed file) is a
 ``ConfigError`` whose message names the file and the key, so a run fails before it starts.
 """
