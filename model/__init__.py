@@ -1,12 +1,15 @@
 """Network definitions of the research repository; run from the repository root, not installed.
 
-``build_model(cfg)`` makes the network a config names; ``describe_arch(cfg)`` is the small dict a
-checkpoint stores so that ``build_model`` can make the same network again without the config.
+``ARCHITECTURES`` is the one table of the networks a config's ``arch`` can name: how to build each,
+the config keys that shape it, and whether it classifies images or labels pixels. ``build_model(cfg)``
+makes the network a config names; ``describe_arch(cfg)`` is the small dict a checkpoint stores so
+that ``build_model`` can make the same network again without the config.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -15,13 +18,32 @@ from model.cifar_resnet import CifarResNet18
 from model.pspnet import PSPNet
 from model.segnet import SegNet
 
-ARCHS = ("psp", "segnet", "resnet18")
-# Config keys that shape each network (and so go into a checkpoint's arch), with their defaults.
-ARCH_KEYS = {
-    "psp": {"layers": 50, "classes": 19, "zoom_factor": 8, "deep_base": True, "ignore_label": 255},
-    "segnet": {"classes": 11, "ignore_label": 255, "width": 1.0, "blocks": 5},
-    "resnet18": {"classes": 10, "width": 1.0},
+
+@dataclass(frozen=True)
+class Architecture:
+    """One network a config can name."""
+
+    build: Callable[..., nn.Module]
+    # Config keys that shape the network (and so go into a checkpoint's arch), with their defaults.
+    keys: dict[str, Any]
+    # Images -> one class each (CIFAR-10: accuracy, no ignore label, 32x32 inputs), not per-pixel labels.
+    classification: bool = False
+    pretrained: bool = True  # takes ImageNet weights through pretrained_weights
+
+
+ARCHITECTURES = {
+    "psp": Architecture(
+        PSPNet, {"layers": 50, "classes": 19, "zoom_factor": 8, "deep_base": True, "ignore_label": 255}
+    ),
+    "segnet": Architecture(SegNet, {"classes": 11, "ignore_label": 255, "width": 1.0, "blocks": 5}),
+    "resnet18": Architecture(CifarResNet18, {"classes": 10, "width": 1.0}, classification=True, pretrained=False),
 }
+ARCHS = tuple(ARCHITECTURES)
+
+
+def is_classification(cfg: Any) -> bool:
+    """Whether the config's network classifies whole images (its metrics, losses and inputs differ)."""
+    return ARCHITECTURES[_get(cfg, "arch")].classification
 
 
 def _get(cfg: Any, key: str, default: Any = None) -> Any:
@@ -33,10 +55,10 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
 def describe_arch(cfg: Any) -> dict[str, Any]:
     """``{"arch": ..., <the keys that shape that network>}``: plain values a checkpoint can hold."""
     arch = _get(cfg, "arch")
-    if arch not in ARCH_KEYS:
+    if arch not in ARCHITECTURES:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
     description = {"arch": arch}
-    for key, default in ARCH_KEYS[arch].items():
+    for key, default in ARCHITECTURES[arch].keys.items():
         value = _get(cfg, key)
         description[key] = default if value is None else value
     return description
@@ -50,10 +72,9 @@ def build_model(cfg: Any, pretrained_weights: str | None = None) -> nn.Module:
     description = describe_arch(cfg)
     arch = description.pop("arch")
     weights = pretrained_weights or _get(cfg, "pretrained_weights")
-    if arch == "psp":
-        return PSPNet(**description, pretrained_weights=weights)
-    if arch == "segnet":
-        return SegNet(**description, pretrained_weights=weights)
+    architecture = ARCHITECTURES[arch]
+    if architecture.pretrained:
+        return architecture.build(**description, pretrained_weights=weights)
     if weights:
-        raise ValueError("arch resnet18 has no pretrained_weights to load; leave the key empty")
-    return CifarResNet18(**description)
+        raise ValueError(f"arch {arch} has no pretrained_weights to load; set pretrained_weights null")
+    return architecture.build(**description)

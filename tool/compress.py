@@ -36,7 +36,7 @@ from acosp.compress import (  # noqa: E402
     model_statistics,
 )
 from acosp.inject import soft_masks  # noqa: E402
-from model import describe_arch  # noqa: E402
+from model import describe_arch, is_classification  # noqa: E402
 from util.atomic import atomic_path  # noqa: E402
 from util.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint  # noqa: E402
 from util.config import ConfigError, load_config, repo_path  # noqa: E402
@@ -73,7 +73,7 @@ def split_tool_keys(opts: list[str]) -> tuple[dict[str, str], list[str]]:
 
 def example_input(cfg) -> torch.Tensor:
     """One random image at the size the network is evaluated at."""
-    if cfg.arch == "resnet18":
+    if is_classification(cfg):
         return torch.randn(1, 3, 32, 32)
     return torch.randn(1, 3, cfg.test_h, cfg.test_w)
 

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from model import is_classification  # noqa: E402
 from util.checkpoint import CheckpointError, model_from_checkpoint  # noqa: E402
 from util.classification_test import test_classifier  # noqa: E402
 from util.config import ConfigError, load_config, repo_path  # noqa: E402
@@ -76,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
             model_path = cfg.model_path or str(Path(cfg.save_path) / "final.pth")
             logger.info("checkpoint %s", model_path)
             model = model_from_checkpoint(repo_path(model_path), cfg, map_location=device)
-        if cfg.arch == "resnet18":  # CIFAR-10: accuracy on the test batch
+        if is_classification(cfg):  # CIFAR-10: accuracy on the test batch
             if model is None:
-                raise ConfigError(f"{cfg.source}: has_prediction applies to segmentation, not to arch resnet18")
+                raise ConfigError(f"{cfg.source}: has_prediction applies to segmentation, not to arch {cfg.arch}")
             summary = test_classifier(cfg, model, device)
             logger.info(
                 "done: accuracy %.4f on %d images, table in %s", summary["accuracy"], summary["images"], summary["csv"]

@@ -22,11 +22,11 @@ from typing import Any
 
 import yaml
 
+from model import ARCHITECTURES, ARCHS
 from util.atomic import atomic_path
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("DATA", "TRAIN", "Distributed", "TEST")
-ARCHS = ("psp", "segnet", "resnet18")
 PSP_LAYERS = (50, 101, 152)
 _APEX = "mixed precision is the key amp"
 _TORCHRUN = "processes and devices come from torchrun's environment (NPROC in tool/train.sh)"
@@ -393,7 +393,8 @@ def _problems(cfg: CfgNode) -> list[str]:
         not 0 <= cfg.ignore_label < cfg.classes,
         f"ignore_label {cfg.ignore_label} is a class id (classes is {cfg.classes}); it must be >= classes",
     )
-    need(cfg.classes <= 255 or arch == "resnet18", f"classes must be at most 255 for uint8 labels, got {cfg.classes}")
+    classification = arch in ARCHITECTURES and ARCHITECTURES[arch].classification
+    need(cfg.classes <= 255 or classification, f"classes must be at most 255 for uint8 labels, got {cfg.classes}")
     need(cfg.zoom_factor in (1, 2, 4, 8), f"zoom_factor must be 1, 2, 4 or 8, got {cfg.zoom_factor}")
     if arch == "psp":
         need(cfg.layers in PSP_LAYERS, f"layers must be one of {PSP_LAYERS} for psp, got {cfg.layers}")

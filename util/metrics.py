@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from model import is_classification
+
 ABSENT = ("exclude", "zero")
 """What a class absent from both prediction and ground truth scores: NaN, left out of the means
 (``exclude``), or 0 and counted (``zero``, semseg's convention)."""
@@ -199,11 +201,11 @@ class EpochSegmentationMetrics(SegmentationMetrics):
 
 
 def training_metrics(cfg: Any, device: str | torch.device | None = None):
-    """A fresh per-epoch accumulator for a config: accuracy for ``resnet18``, mIoU/mAcc/allAcc otherwise.
+    """A fresh per-epoch accumulator for a config: accuracy for a classifier, mIoU/mAcc/allAcc otherwise.
 
     Both have ``update(prediction, target)`` and ``reduce() -> dict[str, float]``.
     """
-    if cfg.arch == "resnet18":
+    if is_classification(cfg):
         return ClassificationAccuracy(device)
     absent = getattr(cfg, "absent_classes", "exclude")
     return EpochSegmentationMetrics(cfg.classes, cfg.ignore_label, device, absent)

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from acosp.inject import unwrap
+from model import is_classification
 from util import transform
 from util.distributed import Processes, all_reduce_sum, any_rank
 from util.optimizer import learning_rate, set_learning_rate
@@ -33,10 +34,6 @@ from util.sampling import EpochSampler, SeededSamples
 
 class TrainingError(RuntimeError):
     """Training cannot go on (a NaN loss, an unwritable folder); the message says where and what is kept."""
-
-
-def is_classification(cfg: Any) -> bool:
-    return cfg.arch == "resnet18"
 
 
 def seed_epoch(seed: int | None, epoch: int) -> None:
