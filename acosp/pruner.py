@@ -88,6 +88,11 @@ class SoftTopKPruner:
         # Convs whose outputs are summed share one mask (acosp.compress.coupled_groups): residual streams narrow too.
         self.coupled_masks = bool(coupled_masks)
 
+    @property
+    def adds_masks(self) -> bool:
+        """Whether ``configure_model`` masks the network: false only for a dense run (inactive, never finished)."""
+        return self.active or self.finished
+
     def temperature(self, epoch: float) -> float:
         """The temperature the masks get after training epoch ``epoch``."""
         return annealed_temperature(epoch, self.starting_epoch, self.ending_epoch, self.initial_temp, self.final_temp)
@@ -101,7 +106,7 @@ class SoftTopKPruner:
         on its device) to find the convs whose outputs are combined channel by channel; each such
         group gets one mask.
         """
-        if not (self.active or self.finished):
+        if not self.adds_masks:
             return model
         groups = []
         if self.coupled_masks:

@@ -58,9 +58,11 @@ def test_inactive_pruner_leaves_the_model_dense():
     model = SmallCNN()
     keys = list(model.state_dict())
     pruner = SoftTopKPruner(final_sparsity=0.5, active=False)
+    assert not pruner.adds_masks
     pruner.configure_model(model)
     pruner.update_mask_layers(model, 3)
     assert list(model.state_dict()) == keys
+    assert pruner.collect_logs(None, model, 3) == {}
 
 
 def test_on_pruning_end_hardens_and_deactivates():
@@ -68,7 +70,7 @@ def test_on_pruning_end_hardens_and_deactivates():
     pruner = SoftTopKPruner(0, 2, 0.75, min_remaining_elements=0)
     pruner.configure_model(model)
     assert pruner.on_pruning_end(model) is model
-    assert not pruner.active
+    assert not pruner.active and pruner.adds_masks  # a restored finished pruner masks a fresh network, hard
     assert all(isinstance(mask, ChannelMask) for _, mask in named_mask_layers(model))
     assert pruner.state_dict()["active"] is False
 

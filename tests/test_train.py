@@ -12,7 +12,7 @@ from train_helpers import CIFAR_MEAN, CIFAR_STD, ROOT, load_tool, write_cifar_co
 
 from acosp.inject import soft_masks
 from acosp.masks import num_kept_channels
-from util.checkpoint import model_from_checkpoint
+from util.checkpoint import CheckpointError, model_from_checkpoint
 from util.training import TrainingError
 
 train_tool = load_tool("train")
@@ -158,7 +158,7 @@ def test_setup_errors_come_before_training(tmp_path):
         train(config, "train_list", tmp_path / "nowhere.txt")
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    with pytest.raises(TrainingError, match="cannot write to the experiment folder"):
+    with pytest.raises(CheckpointError, match="cannot write to the experiment folder"):
         train(config, "save_path", blocker / "model")
     assert not (tmp_path / "exp" / "model" / "last.pth").exists()
 
@@ -211,7 +211,7 @@ def test_cifar10_test_script_scores_the_test_batch(tmp_path):
     assert rows[0] == "name,Acc" and rows[1].startswith("airplane,") and rows[-1].startswith("accuracy,")
     model = model_from_checkpoint(tmp_path / "exp" / "model" / "final.pth")
     from util.dataset import Cifar10
-    from util.training import cifar_transforms
+    from util.transform import cifar_transforms
 
     cfg = type("Cfg", (), {"mean": CIFAR_MEAN, "std": CIFAR_STD})
     images, labels = zip(*Cifar10(tmp_path / "cifar", train=False, transform=cifar_transforms(cfg, False)))

@@ -22,29 +22,25 @@ from torch import nn  # noqa: E402
 from acosp import SoftTopKPruner  # noqa: E402
 from acosp.compress import shared_mask_groups  # noqa: E402
 from acosp.inject import hard_to_conv, soft_to_hard_k  # noqa: E402
-from model import build_model, describe_arch  # noqa: E402
-from util.checkpoint import load_checkpoint, load_network_state, model_from_checkpoint, save_checkpoint  # noqa: E402
+from model import build_model  # noqa: E402
+from util.checkpoint import (  # noqa: E402
+    check_free_space,
+    load_checkpoint,
+    load_network_state,
+    model_from_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+    training_checkpoint,
+)
 from util.config import load_config, save_config  # noqa: E402
+from util.dataset import build_datasets  # noqa: E402
 from util.distributed import barrier, broadcast_int, close_processes, init_processes, masks_agree  # noqa: E402
 from util.metrics import training_metrics  # noqa: E402
-from util.optimizer import build_optimizer, drop_stale_parameters  # noqa: E402
+from util.optimizer import build_optimizer  # noqa: E402
+from util.sampling import make_loader, per_process_batch, seed_epoch  # noqa: E402
 from util.shapes import ensure_dataset  # noqa: E402
 from util.tensorboard import RunLog, pruning_logs, read_palette  # noqa: E402
-from util.training import (  # noqa: E402
-    StepContext,
-    TrainingError,
-    build_datasets,
-    check_free_space,
-    make_loader,
-    network_state_dict,
-    per_process_batch,
-    progress_bar,
-    restore_rng_state,
-    rng_state,
-    seed_epoch,
-    train_epoch,
-    validate,
-)
+from util.training import StepContext, TrainingError, end_pruning, progress_bar, train_epoch, validate  # noqa: E402
 
 logger = logging.getLogger("train")
 
@@ -70,10 +66,10 @@ def setup_logging(log_file: Path | None) -> None:
     )
 
 
-def make_pruner(cfg) -> SoftTopKPruner | None:
-    if cfg.sparsity == 0:
-        return None
+def make_pruner(cfg) -> SoftTopKPruner:
+    """The config's pruning schedule; at sparsity 0 (a dense run) an inactive pruner that changes nothing."""
     return SoftTopKPruner(
+        active=cfg.sparsity > 0,
         starting_epoch=cfg.starting_epoch,
         ending_epoch=cfg.ending_epoch,
         final_sparsity=cfg.sparsity,
@@ -101,22 +97,6 @@ def resolve_resume(cfg) -> Path | None:
         last = cfg.path("save_path") / "last.pth"
         return last if last.is_file() else None
     return cfg.path("resume")
-
-
-def checkpoint(cfg, model, optimizer, scaler, pruner, epoch: int, best: dict, interrupted: bool = False) -> dict:
-    """The checkpoint contract of DESIGN.md: what rebuilding the network and resuming its training need."""
-    return {
-        "epoch": epoch,
-        "state_dict": network_state_dict(model),
-        "arch": describe_arch(cfg),
-        "pruner": None if pruner is None else pruner.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
-        "rng": rng_state(),
-        "config": cfg.to_dict(),
-        "best": best,
-        "interrupted": interrupted,
-    }
 
 
 def prune_epoch_checkpoints(folder: Path, keep: int | None) -> None:
@@ -173,15 +153,14 @@ def main(argv=None) -> int:
     pruner = make_pruner(cfg)
     resume_path = resolve_resume(cfg)
     resumed = load_checkpoint(resume_path) if resume_path is not None else None
-    if resumed is not None and pruner is not None and resumed.get("pruner"):
+    if resumed is not None and resumed.get("pruner"):
         pruner.load_state_dict(resumed["pruner"])  # a finished pruner makes configure_model harden the masks
-    if pruner is not None:
-        # Before the optimizer: the logits are trained too. Coupled masks are found on one training crop.
-        example = torch.zeros(1, 3, cfg.train_h, cfg.train_w) if pruner.coupled_masks else None
-        model = pruner.configure_model(model, example)
-        if pruner.coupled_masks:
-            groups = shared_mask_groups(model)
-            logger.info("coupled masks: %d groups share a mask: %s", len(groups), "; ".join(map(" + ".join, groups)))
+    # Before the optimizer: the logits are trained too. Coupled masks are found on one training crop.
+    coupled = pruner.coupled_masks and pruner.adds_masks
+    model = pruner.configure_model(model, torch.zeros(1, 3, cfg.train_h, cfg.train_w) if coupled else None)
+    if coupled:
+        groups = shared_mask_groups(model)
+        logger.info("coupled masks: %d groups share a mask: %s", len(groups), "; ".join(map(" + ".join, groups)))
     if resumed is not None:
         load_network_state(model, {k.removeprefix("module."): v for k, v in resumed["state_dict"].items()}, resume_path)
     model.to(device)
@@ -210,9 +189,8 @@ def main(argv=None) -> int:
         for epoch in progress_bar(
             range(first_epoch, cfg.epochs), processes, desc="epochs", initial=first_epoch, total=cfg.epochs
         ):
-            if pruner is not None and pruner.active and epoch >= cfg.ending_epoch:
-                model = pruner.on_pruning_end(model)
-                dropped = drop_stale_parameters(optimizer, model)
+            if pruner.active and epoch >= cfg.ending_epoch:
+                model, dropped = end_pruning(pruner, model, optimizer)
                 logger.info("epoch %d: masks hardened; the optimizer dropped %d mask logits", epoch + 1, dropped)
             seed_epoch(seed, epoch)
             train_sampler.set_epoch(epoch)
@@ -225,11 +203,10 @@ def main(argv=None) -> int:
                 run_log.images(val.samples, palette, cfg.mean, cfg.std, epoch + 1)
                 logger.info("epoch %d/%d val loss %.4f %s", epoch + 1, cfg.epochs, val.loss, _summary(val.metrics))
                 best = {"epoch": epoch + 1, **val.metrics} if _better(val.metrics, best) else best
-            if pruner is not None:
-                # After validation: BatchNorm's running statistics were gathered at this epoch's
-                # temperature, and validating at the next one would scale channels they never saw.
-                pruner.update_mask_layers(model, epoch)
-            if processes.distributed and pruner is not None:
+            # After validation: BatchNorm's running statistics were gathered at this epoch's
+            # temperature, and validating at the next one would scale channels they never saw.
+            pruner.update_mask_layers(model, epoch)
+            if processes.distributed and pruner.adds_masks:
                 if not masks_agree(model):
                     raise TrainingError(f"epoch {epoch + 1}: the masks differ between processes")
                 logger.info("epoch %d: masks agree across %d processes", epoch + 1, processes.world_size)
@@ -243,12 +220,11 @@ def main(argv=None) -> int:
                     logs["acosp/total_channels"],
                 )
             last_epoch = epoch + 1 == cfg.epochs
-            if last_epoch and pruner is not None and pruner.active:
-                model = pruner.on_pruning_end(model)  # pruning never reached ending_epoch: harden now
-                drop_stale_parameters(optimizer, model)
+            if last_epoch and pruner.active:
+                model, _ = end_pruning(pruner, model, optimizer)  # pruning never reached ending_epoch: harden now
                 logger.info("training ends before ending_epoch: masks hardened after the last epoch")
             if processes.is_main:
-                state = checkpoint(cfg, model, optimizer, scaler, pruner, epoch + 1, best)
+                state = training_checkpoint(cfg, model, optimizer, scaler, pruner, epoch + 1, best)
                 if (epoch + 1) % cfg.save_freq == 0 or last_epoch:
                     save_checkpoint(state, model_dir / f"train_epoch_{epoch + 1}.pth")
                     prune_epoch_checkpoints(model_dir, cfg.keep_checkpoints)
@@ -260,7 +236,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         if processes.is_main:
             path = save_checkpoint(
-                checkpoint(cfg, model, optimizer, scaler, pruner, epoch, best, True), model_dir / "last.pth"
+                training_checkpoint(cfg, model, optimizer, scaler, pruner, epoch, best, True), model_dir / "last.pth"
             )
             logger.warning("interrupted in epoch %d: saved %s; 'resume auto' repeats that epoch", epoch + 1, path)
         return 130

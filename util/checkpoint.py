@@ -11,6 +11,8 @@ and from semseg's own checkpoints when a config says which network they hold.
 from __future__ import annotations
 
 import os
+import shutil
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -125,3 +127,70 @@ def model_from_checkpoint(path: str | Path, cfg: Any = None, map_location: str |
         prepare_for_state_dict(model, state)
     load_network_state(model, state, path)
     return model.to(map_location).eval()
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any] | None) -> None:
+    """Torch's generators as they were; the per-epoch seeding makes the rest exact for seeded runs."""
+    if not state:
+        return
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def check_free_space(folder: Path, model: nn.Module, checkpoints_in_flight: int = 2) -> None:
+    """An unwritable folder or a disk too small for two checkpoints is an error before training, not after."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{time.time_ns()}"
+        probe.write_bytes(b"0")
+        probe.unlink()
+    except OSError as error:
+        raise CheckpointError(f"cannot write to the experiment folder {folder}: {error}") from error
+    # Weights plus optimizer state (momentum or Adam's two moments): at most three copies of the parameters.
+    needed = 3 * sum(p.numel() * p.element_size() for p in model.parameters()) * checkpoints_in_flight
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise CheckpointError(
+            f"{folder} has {free / 2**30:.2f} GiB free, but checkpoints of this network need about "
+            f"{needed / 2**30:.2f} GiB"
+        )
+
+
+def network_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The network's state dict without DDP's ``module.`` prefix, on the CPU."""
+    return {key: value.detach().cpu() for key, value in unwrap(model).state_dict().items()}
+
+
+def training_checkpoint(
+    cfg: Any,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    pruner: SoftTopKPruner,
+    epoch: int,
+    best: dict[str, Any],
+    interrupted: bool = False,
+) -> dict[str, Any]:
+    """What rebuilding the network and resuming its training need, after ``epoch`` epochs (the layout above)."""
+    from model import describe_arch
+
+    return {
+        "epoch": epoch,
+        "state_dict": network_state_dict(model),
+        "arch": describe_arch(cfg),
+        "pruner": pruner.state_dict() if pruner.adds_masks else None,
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": rng_state(),
+        "config": cfg.to_dict(),
+        "best": best,
+        "interrupted": interrupted,
+    }

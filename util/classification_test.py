@@ -15,7 +15,7 @@ from util.atomic import atomic_path
 from util.dataset import Cifar10
 from util.distributed import all_reduce_sum, rank_and_world
 from util.palette import read_names
-from util.training import cifar_transforms
+from util.transform import cifar_transforms
 
 logger = logging.getLogger(__name__)
 

@@ -12,10 +12,14 @@ import os
 import pickle
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 from torch.utils.data import Dataset
+
+from model import is_classification
+from util.transform import cifar_transforms, segmentation_transforms
 
 SPLITS = ("train", "val", "test")
 CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -242,3 +246,22 @@ class Cifar10(Dataset):
         if self.transform is not None:
             image, _ = self.transform(image, None)
         return image, int(self.labels[index])
+
+
+def build_datasets(cfg: Any) -> tuple[Dataset, Dataset | None]:
+    """The training set, and the validation set when ``evaluate`` asks for one; list errors surface here."""
+    if is_classification(cfg):
+        root = cfg.path("data_root")
+        train = Cifar10(root, train=True, transform=cifar_transforms(cfg, True))
+        val = Cifar10(root, train=False, transform=cifar_transforms(cfg, False)) if cfg.evaluate else None
+        return train, val
+    train = SemData.from_config(cfg, "train_list", segmentation_transforms(cfg, True))
+    val = None
+    if cfg.evaluate:
+        if cfg.val_list is None:
+            raise ValueError(f"{cfg.source}: evaluate is true but val_list is not set")
+        val = SemData.from_config(cfg, "val_list", segmentation_transforms(cfg, False))
+    for dataset in (train, val):
+        if dataset is not None and len(dataset):
+            dataset[0]  # a first sample through reading and augmentation: label or size errors show now
+    return train, val

@@ -80,6 +80,4 @@ class RunLog:
 
 def pruning_logs(pruner: Any, model: nn.Module, log: RunLog, epoch: int) -> dict[str, float]:
     """Every statistic of ``collect_logs`` (temperature, chosen/pruned/undecided, kept channels) at ``epoch``."""
-    if pruner is None:
-        return {}
     return pruner.collect_logs(log.writer, model, epoch) if log.writer is not None else {}

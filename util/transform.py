@@ -5,7 +5,8 @@ and an HxW uint8 label (``label`` may be None for classification data such as CI
 transforms move image and label together; a label value only ever changes to the ignore label
 (pixels that come from outside the image). Randomness comes from one module-level generator:
 ``seed(n)`` makes a run repeatable and ``worker_init_fn`` gives each DataLoader worker its own
-stream, so workers do not repeat each other's augmentations.
+stream, so workers do not repeat each other's augmentations. At the end, the recipes that the
+configs train with: ``segmentation_transforms`` and ``cifar_transforms``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import math
 import numbers
 import random
 from collections.abc import Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -271,3 +273,38 @@ class RandomHorizontalFlip:
             if label is not None:
                 label = np.ascontiguousarray(label[:, ::-1])
         return image, label
+
+
+# --- the recipes ---------------------------------------------------------------------------------------------
+
+
+def segmentation_transforms(cfg: Any, train: bool) -> Compose:
+    """semseg's recipe: scale, rotate, blur, flip, crop for training; a centre crop for validation."""
+    pad = [float(value) for value in cfg.mean]
+    crop = [cfg.train_h, cfg.train_w]
+    steps = []
+    if train:
+        steps += [
+            RandScale([cfg.scale_min, cfg.scale_max]),
+            RandRotate([cfg.rotate_min, cfg.rotate_max], padding=pad, ignore_label=cfg.ignore_label),
+            RandomGaussianBlur(),
+            RandomHorizontalFlip(),
+        ]
+    steps += [
+        Crop(crop, crop_type="rand" if train else "center", padding=pad, ignore_label=cfg.ignore_label),
+        ToTensor(),
+        Normalize(cfg.mean, cfg.std),
+    ]
+    return Compose(steps)
+
+
+def cifar_transforms(cfg: Any, train: bool) -> Compose:
+    """A random 32x32 crop of the image padded by 4 black pixels, and a horizontal flip, for training."""
+    steps = []
+    if train:
+        steps += [
+            Crop([40, 40], padding=0.0),  # pads 4 on every side
+            Crop([32, 32], crop_type="rand"),
+            RandomHorizontalFlip(),
+        ]
+    return Compose([*steps, ToTensor(), Normalize(cfg.mean, cfg.std)])
