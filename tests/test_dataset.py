@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader
 
 from util import transform as T
 from util.config import build_config
-from util.dataset import Cifar10, DatasetError, SemData, read_cifar10_batch
+from util.dataset import Cifar10, DatasetError, ListEntry, SemData, read_cifar10_batch, read_list
+from util.evaluate import read_entries
 
 CLASSES = 4
 
@@ -108,6 +109,28 @@ def test_the_list_is_checked_when_the_dataset_is_built(tmp_path):
         SemData("train", tmp_path, tmp_path / "empty.txt")
     with pytest.raises(ValueError, match="split must be one of"):
         SemData("training", tmp_path, tmp_path / "train.txt")
+
+
+def test_training_and_testing_read_list_files_with_one_reader(tmp_path):
+    make_dataset(tmp_path, count=2)
+    absolute = tmp_path / "images" / "1.png"
+    lines = f"images/0.png labels/0.png\n\n{absolute} labels/1.png\nimages/9.png labels/9.png\n"
+    (tmp_path / "mixed.txt").write_text(lines)
+    with pytest.raises(FileNotFoundError, match="2 listed files do not exist"):
+        read_list("train", tmp_path, tmp_path / "mixed.txt")  # training: every file checked up front
+    entries = read_entries("val", tmp_path, tmp_path / "mixed.txt")  # testing: a missing image fails alone later
+    assert entries == [
+        ListEntry(1, str(tmp_path / "images" / "0.png"), str(tmp_path / "labels" / "0.png"), "0"),
+        ListEntry(3, str(absolute), str(tmp_path / "labels" / "1.png"), "1"),
+        ListEntry(4, str(tmp_path / "images" / "9.png"), str(tmp_path / "labels" / "9.png"), "9"),
+    ]
+    (tmp_path / "test.txt").write_text("images/0.png\nimages/1.png labels/1.png\n")
+    assert [entry.label for entry in read_list("test", tmp_path, tmp_path / "test.txt")] == [None, None]
+    (tmp_path / "twice.txt").write_text("images/0.png labels/0.png\nlabels/0.png labels/1.png\n")
+    with pytest.raises(DatasetError, match="twice.txt, lines 1 and 2: two images are named '0'"):
+        read_entries("val", tmp_path, tmp_path / "twice.txt")
+    with pytest.raises(DatasetError, match="line 1: expected 'image label', got 1 fields"):
+        read_entries("val", tmp_path, tmp_path / "test.txt")
 
 
 def test_unreadable_files_and_mismatched_sizes_name_the_file(tmp_path):

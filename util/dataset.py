@@ -11,6 +11,7 @@ import codecs
 import os
 import pickle
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,38 +35,51 @@ def _join(root: str | os.PathLike, path: str) -> str:
     return path if os.path.isabs(path) else os.path.join(root, path)
 
 
-def read_list(split: str, data_root: str | os.PathLike, data_list: str | os.PathLike) -> list[tuple[str, str | None]]:
-    """(image, label) paths from a list file of 'image label' lines ('image' alone for split 'test').
+@dataclass(frozen=True)
+class ListEntry:
+    """One line of a list file: the image, its label (None for split 'test') and the name its outputs get."""
 
-    Paths are relative to ``data_root`` unless absolute. Every file must exist.
+    line: int
+    image: str
+    label: str | None
+    name: str
+
+
+def read_list(
+    split: str, data_root: str | os.PathLike, list_path: str | os.PathLike, check_files: bool = True
+) -> list[ListEntry]:
+    """The entries of a list file of 'image label' lines ('image' alone is allowed for split 'test'), in order.
+
+    The one reader of list files, for training and testing. Paths are relative to ``data_root``
+    unless absolute. With ``check_files`` every listed file must exist (training: a missing file
+    stops the run before it starts); without, a missing file fails alone when it is read (testing).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if not os.path.isfile(data_list):
-        raise FileNotFoundError(f"{data_list}: list file not found")
-    with open(data_list, encoding="utf-8") as handle:
+    if not os.path.isfile(list_path):
+        raise FileNotFoundError(f"{list_path}: list file not found")
+    with open(list_path, encoding="utf-8") as handle:
         lines = handle.read().splitlines()
-    pairs, missing = [], []
+    entries, missing = [], []
     for number, line in enumerate(lines, 1):
         fields = line.split()
         if not fields:
             continue
         if len(fields) != 2 and not (split == "test" and len(fields) == 1):
             wanted = "'image' or 'image label'" if split == "test" else "'image label'"
-            raise DatasetError(f"{data_list}, line {number}: expected {wanted}, got {len(fields)} fields: {line!r}")
+            raise DatasetError(f"{list_path}, line {number}: expected {wanted}, got {len(fields)} fields: {line!r}")
         image = _join(data_root, fields[0])
         label = _join(data_root, fields[1]) if split != "test" else None
-        for path in (image, label):
-            if path is not None and not os.path.isfile(path):
-                missing.append(f"line {number}: {path}")
-        pairs.append((image, label))
+        if check_files:
+            missing += [f"line {number}: {path}" for path in (image, label) if path and not os.path.isfile(path)]
+        entries.append(ListEntry(number, image, label, Path(image).stem))
     if missing:
         shown = "\n  ".join(missing[:5]) + (f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else "")
         count = len(missing)
-        raise FileNotFoundError(f"{data_list}: {count} listed files do not exist (data_root {data_root}):\n  {shown}")
-    if not pairs:
-        raise DatasetError(f"{data_list}: the list file has no entries")
-    return pairs
+        raise FileNotFoundError(f"{list_path}: {count} listed files do not exist (data_root {data_root}):\n  {shown}")
+    if not entries:
+        raise DatasetError(f"{list_path}: the list file has no entries")
+    return entries
 
 
 def read_image(path: str) -> np.ndarray:
@@ -140,7 +154,8 @@ class SemData(Dataset):
         return len(self.data_list)
 
     def __getitem__(self, index: int):
-        image_path, label_path = self.data_list[index]
+        entry = self.data_list[index]
+        image_path, label_path = entry.image, entry.label
         image = read_image(image_path)
         if label_path is None:
             label = np.full(image.shape[:2], self.ignore_label, np.uint8)

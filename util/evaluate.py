@@ -29,23 +29,13 @@ from tqdm import tqdm
 
 from util.atomic import atomic_path
 from util.config import repo_path
-from util.dataset import read_image, read_label
+from util.dataset import DatasetError, ListEntry, read_image, read_label, read_list
 from util.distributed import all_reduce_sum, rank_and_world
 from util.inference import SlidingWindowPredictor
 from util.metrics import SegmentationMetrics
 from util.palette import colorize, read_colors, read_names
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One line of a list file: the image, its label (None for split 'test') and the output name."""
-
-    line: int
-    image: str
-    label: str | None
-    name: str
 
 
 @dataclass
@@ -59,34 +49,21 @@ class EvaluationResult:
     failed: int = 0  # over all processes
 
 
-def read_entries(split: str, data_root: str | os.PathLike, list_path: str | os.PathLike) -> list[Entry]:
-    """The list file's entries, in order. Files are not checked here: a missing one fails alone."""
-    if not os.path.isfile(list_path):
-        raise FileNotFoundError(f"{list_path}: list file not found")
-    entries, names = [], {}
-    with open(list_path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) > 2 or (len(fields) == 1 and split != "test"):
-                wanted = "'image' or 'image label'" if split == "test" else "'image label'"
-                raise ValueError(f"{list_path}, line {number}: expected {wanted}, got {line.strip()!r}")
-            image, label = (os.path.join(data_root, path) for path in (fields + fields[:1])[:2])
-            name = Path(image).stem
-            if name in names:
-                raise ValueError(
-                    f"{list_path}, lines {names[name]} and {number}: two images are named {name!r}; "
-                    "their predictions would overwrite each other"
-                )
-            names[name] = number
-            entries.append(Entry(number, image, None if split == "test" else label, name))
-    if not entries:
-        raise ValueError(f"{list_path}: the list file has no entries")
+def read_entries(split: str, data_root: str | os.PathLike, list_path: str | os.PathLike) -> list[ListEntry]:
+    """The list's entries for testing: files are not checked (a missing one fails alone), names must differ."""
+    entries = read_list(split, data_root, list_path, check_files=False)
+    lines: dict[str, int] = {}
+    for entry in entries:
+        if entry.name in lines:
+            raise DatasetError(
+                f"{list_path}, lines {lines[entry.name]} and {entry.line}: two images are named {entry.name!r}; "
+                "their predictions would overwrite each other"
+            )
+        lines[entry.name] = entry.line
     return entries
 
 
-def select(entries: Sequence[Entry], index_start: int = 0, index_step: int = 0) -> list[Entry]:
+def select(entries: Sequence[ListEntry], index_start: int = 0, index_step: int = 0) -> list[ListEntry]:
     """``index_step`` entries from ``index_start`` (all the rest when ``index_step`` is 0)."""
     if not 0 <= index_start < len(entries):
         raise ValueError(f"index_start {index_start} is outside the list's {len(entries)} entries")
@@ -159,7 +136,7 @@ def _total(count: int, device: torch.device) -> int:
     return int(all_reduce_sum(torch.tensor([count], dtype=torch.int64, device=device)).item())
 
 
-def _label_for(entry: Entry, cfg: Any, shape: tuple[int, ...]) -> np.ndarray:
+def _label_for(entry: ListEntry, cfg: Any, shape: tuple[int, ...]) -> np.ndarray:
     if not os.path.isfile(entry.label):
         raise FileNotFoundError(f"{entry.label}: label not found")
     label = read_label(entry.label)
