@@ -14,19 +14,70 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
+
 from util.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint  # noqa: E402
 from util.config import ConfigError, build_config, load_config, repo_path  # noqa: E402
-from util.demo import image_paths, predict_images  # noqa: E402
+from util.dataset import read_image  # noqa: E402
 from util.distributed import choose_device  # noqa: E402
+from util.evaluate import write_png  # noqa: E402
 from util.inference import SlidingWindowPredictor  # noqa: E402
-from util.palette import read_colors  # noqa: E402
+from util.palette import colorize, overlay, read_colors  # noqa: E402
 
 logger = logging.getLogger("demo")
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def image_paths(path: str | os.PathLike) -> list[Path]:
+    """``path`` itself, or the images in the folder ``path`` (sorted, each once, not recursive)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such image or folder")
+    images = sorted(child for child in path.iterdir() if child.is_file() and child.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise FileNotFoundError(f"{path}: the folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return images
+
+
+def output_names(paths: Sequence[Path]) -> list[str]:
+    """The file stem of each image; ``stem_suffix`` where two images share a stem (a.jpg, a.png)."""
+    stems = [path.stem for path in paths]
+    return [f"{path.stem}_{path.suffix.lstrip('.')}" if stems.count(path.stem) > 1 else path.stem for path in paths]
+
+
+def predict_images(
+    predictor: SlidingWindowPredictor,
+    paths: Sequence[Path],
+    output: str | os.PathLike,
+    colors: np.ndarray,
+    alpha: float = 0.5,
+) -> tuple[list[Path], list[str]]:
+    """Write ``<name>_color.png`` and ``<name>_overlay.png`` per image; (files written, failures)."""
+    written, failures = [], []
+    output = Path(output)
+    for path, name in zip(paths, output_names(paths)):
+        try:
+            image = read_image(str(path))
+            color = colorize(predictor.predict(image), colors)
+            for suffix, picture in (("color", color), ("overlay", overlay(image, color, alpha))):
+                target = output / f"{name}_{suffix}.png"
+                write_png(target, picture)
+                written.append(target)
+        except (OSError, ValueError) as error:
+            message = str(error) if str(path) in str(error) else f"{path}: {error}"
+            failures.append(message)
+            logger.error("%s", message)
+    return written, failures
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,8 +18,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from util.events import read_scalars  # noqa: E402
 from util.plot import Panel, save_png, text  # noqa: E402
+from util.tensorboard import read_scalars  # noqa: E402
 
 BLUE, GREEN, RED = (200, 120, 40), (40, 160, 60), (60, 40, 200)  # BGR
 

@@ -14,21 +14,28 @@ with its path), 2 when the config or the checkpoint cannot be used.
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 
 from model import is_classification  # noqa: E402
+from util.atomic import atomic_path  # noqa: E402
 from util.checkpoint import CheckpointError, model_from_checkpoint  # noqa: E402
-from util.classification_test import test_classifier  # noqa: E402
 from util.config import ConfigError, load_config, repo_path  # noqa: E402
-from util.distributed import close_processes, init_processes  # noqa: E402
+from util.dataset import Cifar10  # noqa: E402
+from util.distributed import all_reduce_sum, close_processes, init_processes, rank_and_world  # noqa: E402
 from util.evaluate import evaluate  # noqa: E402
+from util.palette import read_names  # noqa: E402
+from util.transform import cifar_transforms  # noqa: E402
 
 logger = logging.getLogger("test")
 
@@ -50,6 +57,45 @@ def setup_logging(folder: Path, rank: int) -> Path | None:
         force=True,
     )
     return log_path
+
+
+@torch.no_grad()
+def score_classifier(cfg: Any, model: nn.Module, device: torch.device) -> dict[str, Any]:
+    """Accuracy of ``model`` on CIFAR-10's test batch; ``<save_folder>/test/metrics.csv`` holds the table.
+
+    With several processes each takes every n-th image and the counts are summed.
+    """
+    rank, world = rank_and_world()
+    dataset = Cifar10(cfg.path("data_root"), train=False, transform=cifar_transforms(cfg, train=False))
+    shard = torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
+    loader = DataLoader(shard, batch_size=cfg.batch_size_val, num_workers=cfg.workers)
+    correct = torch.zeros(cfg.classes, dtype=torch.int64, device=device)
+    total = torch.zeros(cfg.classes, dtype=torch.int64, device=device)
+    model.eval()
+    for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=bool(cfg.amp) and device.type == "cuda"):
+            predictions = model(images).argmax(1)
+        total += torch.bincount(labels, minlength=cfg.classes)
+        correct += torch.bincount(labels[predictions == labels], minlength=cfg.classes)
+    all_reduce_sum(correct)
+    all_reduce_sum(total)
+    names = (
+        read_names(cfg.path("names_path")) if cfg.path("names_path").is_file() else list(map(str, range(cfg.classes)))
+    )
+    per_class = [c / t if t else float("nan") for c, t in zip(correct.tolist(), total.tolist())]
+    accuracy = correct.sum().item() / max(total.sum().item(), 1)
+    rows = [(name, f"{value:.4f}") for name, value in zip(names, per_class)] + [("accuracy", f"{accuracy:.4f}")]
+    folder = Path(cfg.path("save_folder")) / "test"
+    path = folder / "metrics.csv"
+    if rank == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["name", "Acc"])
+            writer.writerows(rows)
+        logger.info("accuracy of %d test images:\n%s", total.sum().item(), "\n".join(f"{n:<12}{v:>8}" for n, v in rows))
+    return {"accuracy": accuracy, "per_class": per_class, "images": int(total.sum().item()), "csv": path}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         if is_classification(cfg):  # CIFAR-10: accuracy on the test batch
             if model is None:
                 raise ConfigError(f"{cfg.source}: has_prediction applies to segmentation, not to arch {cfg.arch}")
-            summary = test_classifier(cfg, model, device)
+            summary = score_classifier(cfg, model, device)
             logger.info(
                 "done: accuracy %.4f on %d images, table in %s", summary["accuracy"], summary["images"], summary["csv"]
             )
