@@ -29,7 +29,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a weight file: a state dict, or a checkpoint holding one; ``module.`` prefixes removed."""
     path = Path(path)
     if not path.is_file():
-        raise WeightFileError(f"weight file {path} does not exist")
+        raise WeightFileError(
+            f"pretrained_weights: weight file {path} does not exist; put the ImageNet weights there "
+            "(nothing is downloaded), or set pretrained_weights null to train from scratch"
+        )
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:

@@ -142,7 +142,7 @@ def test_torchvision_format_file_initialises_the_standard_stem(tmp_path):
 
 def test_weight_file_errors_name_the_file_and_keys(tmp_path):
     missing = tmp_path / "nowhere.pth"
-    with pytest.raises(WeightFileError, match="nowhere.pth does not exist"):
+    with pytest.raises(WeightFileError, match="pretrained_weights: .*nowhere.pth does not exist.*weights null"):
         PSPNet(pretrained_weights=missing)
     torchvision_stem = tmp_path / "standard.pth"
     torch.save(ResNet(50, deep_base=False).state_dict(), torchvision_stem)
