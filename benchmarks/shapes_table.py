@@ -8,7 +8,7 @@
 Each sparsity runs ``sh tool/train.sh shapes segnet[_S]`` (training, then the test on test.txt)
 with the same config but for the sparsity. The table (mIoU, mAcc, parameters counted as the
 compressed network has them, and the compression ratio as the publication defines it, 1 / (1 - s),
-and as counted, dense parameters / kept parameters) goes into README.md between the markers
+and as counted, dense parameters / kept parameters) goes into docs/shapes.md between the markers
 ``<!-- shapes-table:start -->`` and ``<!-- shapes-table:end -->``, with this command and its run
 time; the numbers also go to benchmarks/shapes_table.json, which tool/report.py reads.
 """
@@ -109,12 +109,12 @@ def markdown(rows: list[dict], command: str, minutes: float | None, where: str) 
     return "\n".join(lines)
 
 
-def write_readme(readme: Path, table: str) -> None:
-    text = readme.read_text(encoding="utf-8")
+def write_table(document: Path, table: str) -> None:
+    text = document.read_text(encoding="utf-8")
     pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.S)
     if not pattern.search(text):
-        raise ValueError(f"{readme}: the markers {START} and {END} are missing")
-    with atomic_path(readme) as temporary:
+        raise ValueError(f"{document}: the markers {START} and {END} are missing")
+    with atomic_path(document) as temporary:
         temporary.write_text(pattern.sub(lambda _: f"{START}\n{table}\n{END}", text), encoding="utf-8")
 
 
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folder", type=Path, default=Path("exp/shapes"), help="where the runs go (exp/shapes)")
     parser.add_argument("--sparsities", type=float, nargs="+", default=list(SPARSITIES))
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (give each OMP_NUM_THREADS cores)")
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument("--document", type=Path, default=ROOT / "docs" / "shapes.md", help="where the table goes")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "shapes_table.json")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="'key value' overrides for every run")
     args = parser.parse_args(argv)
@@ -155,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     record = {"command": command, "machine": where, "date": time.strftime("%Y-%m-%d"), "minutes": minutes, "rows": rows}
     with atomic_path(args.json) as temporary:
         temporary.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    write_readme(args.readme, table)
-    print(f"wrote {args.json} and {args.readme}")
+    write_table(args.document, table)
+    print(f"wrote {args.json} and {args.document}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The README's Python examples run as written and print what the README says they print."""
+"""The Python examples of README.md and docs/*.md run as written and print what the text says they print."""
 
 import contextlib
 import io
@@ -6,30 +6,71 @@ import os
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = sorted((ROOT / "docs").glob("*.md"))
 
 
-def test_readme_python_blocks_run_in_sequence(tmp_path):
-    text = README.read_text()
+def run_blocks(path: Path, folder: Path) -> tuple[dict, int, int]:
+    """Run a file's python blocks in sequence in one namespace, in ``folder``; (namespace, blocks, outputs checked)."""
+    text = path.read_text()
     # A python block, and the plain block right after it (if any) with what it prints.
     blocks = re.findall(r"```python\n(.*?)```(?:\n\n(?:which prints\n\n)?```\n(.*?)```)?", text, re.S)
-    assert len(blocks) >= 4 and sum(bool(expected) for _, expected in blocks) >= 2
-    namespace = {"__name__": "readme"}
+    namespace = {"__name__": path.stem}
     cwd = os.getcwd()
     torch.manual_seed(0)
-    os.chdir(tmp_path)
+    os.chdir(folder)
     try:
         for block, expected in blocks:
             printed = io.StringIO()
             with contextlib.redirect_stdout(printed):
-                exec(compile(block, str(README), "exec"), namespace)
+                exec(compile(block, str(path), "exec"), namespace)
             if expected:
-                assert printed.getvalue() == expected, block
+                assert printed.getvalue() == expected, f"{path.name}:\n{block}"
     finally:
         os.chdir(cwd)
+    return namespace, len(blocks), sum(bool(expected) for _, expected in blocks)
+
+
+def test_readme_python_blocks_run_in_sequence(tmp_path):
+    namespace, blocks, checked = run_blocks(ROOT / "README.md", tmp_path)
+    assert blocks >= 2 and checked >= 2
+    rebuilt, small = namespace["rebuilt"], namespace["small"]
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(rebuilt.eval()(x), small(x), atol=1e-6)
+    assert (tmp_path / "small.pth").exists()
+
+
+@pytest.mark.parametrize("document", DOCS, ids=[path.name for path in DOCS])
+def test_docs_python_blocks_run_in_sequence(tmp_path, document):
+    run_blocks(document, tmp_path)
+
+
+def test_library_checkpoint_example_restores_the_network(tmp_path):
+    namespace, blocks, checked = run_blocks(ROOT / "docs" / "library.md", tmp_path)
+    assert blocks >= 3 and checked >= 1
     restored, model = namespace["restored"], namespace["model"]
     x = torch.randn(2, 3, 16, 16)
     assert torch.equal(restored.eval()(x), model.eval()(x))
     assert (tmp_path / "checkpoint.pth").exists()
+
+
+def test_every_document_is_linked_from_the_readme_and_its_links_resolve():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 260
+    for document in DOCS:
+        assert f"docs/{document.name}" in readme
+    for path in [ROOT / "README.md", ROOT / "FAQ.md", *DOCS]:
+        for target, anchor in re.findall(r"\]\(([^)#:]+)(?:#([^)]*))?\)", path.read_text()):
+            assert (path.parent / target).exists(), f"{path.name} links to {target}, which does not exist"
+            if anchor:
+                assert anchor in anchors(path.parent / target), f"{path.name} links to {target}#{anchor}, not there"
+
+
+def anchors(path: Path) -> set[str]:
+    """The anchors GitHub gives the headings of a Markdown file."""
+    headings = re.findall(r"^#+ (.*)$", path.read_text(), re.M)
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}

@@ -154,7 +154,7 @@ def test_quick_start_trains_tests_reports_and_feeds_the_figures_and_the_table(tm
     maps = cv2.imread(str(tmp_path / "maps.png"))
     assert maps is not None and maps.shape[0] == 30 + 2 * (32 + 6) and maps.shape[1] > 3 * 32
 
-    readme = tmp_path / "README.md"
+    readme = tmp_path / "shapes.md"
     readme.write_text("before\n<!-- shapes-table:start -->\nold\n<!-- shapes-table:end -->\nafter\n")
     tool(
         "benchmarks/shapes_table.py",
@@ -163,7 +163,7 @@ def test_quick_start_trains_tests_reports_and_feeds_the_figures_and_the_table(tm
         "0.75",
         "--folder",
         run.parent,
-        "--readme",
+        "--document",
         readme,
         "--json",
         tmp_path / "table.json",
