@@ -74,3 +74,17 @@ def anchors(path: Path) -> set[str]:
     """The anchors GitHub gives the headings of a Markdown file."""
     headings = re.findall(r"^#+ (.*)$", path.read_text(), re.M)
     return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+
+
+def test_the_readme_layout_names_every_module_and_document():
+    readme = (ROOT / "README.md").read_text()
+    layout = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    folders = {line.split()[0] for line in layout.splitlines() if line[:1].isalpha()}
+    files = [
+        path for folder in ("acosp", "acosp/compression", "model", "util", "docs") for path in (ROOT / folder).iterdir()
+    ]
+    for path in files:
+        if path.suffix in (".py", ".md") and path.name != "__init__.py":
+            assert re.search(rf"\b{re.escape(path.name)}\b", layout), f"the README's layout does not name {path}"
+    top = {path.name + "/" for path in ROOT.iterdir() if path.is_dir() and not path.name.startswith(".")}
+    assert top - {"data/", "exp/", "build/", "venv/", "acosp.egg-info/"} <= folders | {"acosp/"}
