@@ -27,14 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from acosp.compress import (  # noqa: E402
-    compress,
-    compression_report,
-    compression_spec,
-    format_comparison,
-    format_model_statistics,
-    model_statistics,
-)
+import acosp.compress  # noqa: E402
 from acosp.inject import soft_masks  # noqa: E402
 from model import describe_arch, is_classification  # noqa: E402
 from util.atomic import atomic_path  # noqa: E402
@@ -113,9 +106,9 @@ def main(argv=None) -> int:
             "compress a checkpoint saved after ending_epoch"
         )
     x = example_input(cfg)
-    compressed = compress(masked, x)
-    before = model_statistics(masked, x, as_compressed=False)
-    after = model_statistics(compressed, x)
+    compressed = acosp.compress.compress(masked, x)
+    before = acosp.compress.model_statistics(masked, x, as_compressed=False)
+    after = acosp.compress.model_statistics(compressed, x)
     if args.runs > 0:
         latency = median_latencies({"masked": masked, "compressed": compressed}, x, runs=args.runs)
         before["latency"], after["latency"] = latency["masked"], latency["compressed"]
@@ -127,7 +120,7 @@ def main(argv=None) -> int:
         {
             "state_dict": {key: value.detach().cpu() for key, value in compressed.state_dict().items()},
             "arch": source.get("arch") or describe_arch(cfg),
-            "compression": compression_spec(compressed),
+            "compression": acosp.compress.compression_spec(compressed),
             "config": cfg.to_dict(),
             "source": str(model_path),
         },
@@ -138,10 +131,10 @@ def main(argv=None) -> int:
     summary = "\n".join(
         [
             f"{model_path} at {size}, batch 1, CPU ({torch.get_num_threads()} threads):",
-            format_comparison({"masked": before, "compressed": after}),
-            compression_report(compressed),
+            acosp.compress.format_comparison({"masked": before, "compressed": after}),
+            acosp.compress.compression_report(compressed),
             "",
-            format_model_statistics(after),
+            acosp.compress.format_model_statistics(after),
         ]
     )
     table = target.with_suffix(".txt")

@@ -23,15 +23,7 @@ from acosp import SoftTopKPruner  # noqa: E402
 from acosp.compress import shared_mask_groups  # noqa: E402
 from acosp.inject import hard_to_conv, soft_to_hard_k  # noqa: E402
 from model import build_model  # noqa: E402
-from util.checkpoint import (  # noqa: E402
-    check_free_space,
-    load_checkpoint,
-    load_network_state,
-    model_from_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-    training_checkpoint,
-)
+from util import checkpoint  # noqa: E402
 from util.config import load_config, save_config  # noqa: E402
 from util.dataset import build_datasets  # noqa: E402
 from util.distributed import barrier, broadcast_int, close_processes, init_processes, masks_agree  # noqa: E402
@@ -84,9 +76,9 @@ def make_pruner(cfg) -> SoftTopKPruner:
 
 def initial_weights(model: nn.Module, path: str, cfg) -> None:
     """``weight PATH``: start from a dense or pruned checkpoint; its hard masks are folded into the convs."""
-    source = model_from_checkpoint(path, cfg)
+    source = checkpoint.model_from_checkpoint(path, cfg)
     source = hard_to_conv(soft_to_hard_k(source))
-    load_network_state(model, source.state_dict(), path)
+    checkpoint.load_network_state(model, source.state_dict(), path)
     logger.info("initialised the network from %s", path)
 
 
@@ -124,7 +116,7 @@ def main(argv=None) -> int:
     # Everything that can be wrong with the setup fails here, before the first iteration.
     model = build_model(cfg)
     if processes.is_main:
-        check_free_space(model_dir, model)
+        checkpoint.check_free_space(model_dir, model)
         (exp_dir / "result").mkdir(parents=True, exist_ok=True)
         save_config(cfg)
     barrier()
@@ -152,7 +144,7 @@ def main(argv=None) -> int:
         initial_weights(model, cfg.weight, cfg)
     pruner = make_pruner(cfg)
     resume_path = resolve_resume(cfg)
-    resumed = load_checkpoint(resume_path) if resume_path is not None else None
+    resumed = checkpoint.load_checkpoint(resume_path) if resume_path is not None else None
     if resumed is not None and resumed.get("pruner"):
         pruner.load_state_dict(resumed["pruner"])  # a finished pruner makes configure_model harden the masks
     # Before the optimizer: the logits are trained too. Coupled masks are found on one training crop.
@@ -162,7 +154,9 @@ def main(argv=None) -> int:
         groups = shared_mask_groups(model)
         logger.info("coupled masks: %d groups share a mask: %s", len(groups), "; ".join(map(" + ".join, groups)))
     if resumed is not None:
-        load_network_state(model, {k.removeprefix("module."): v for k, v in resumed["state_dict"].items()}, resume_path)
+        checkpoint.load_network_state(
+            model, {k.removeprefix("module."): v for k, v in resumed["state_dict"].items()}, resume_path
+        )
     model.to(device)
     if device.type == "cuda" and cfg.amp:
         model = model.to(memory_format=torch.channels_last)  # tensor cores prefer NHWC in float16
@@ -176,7 +170,7 @@ def main(argv=None) -> int:
     if resumed is not None:
         optimizer.load_state_dict(resumed["optimizer"])
         scaler.load_state_dict(resumed["scaler"])
-        restore_rng_state(resumed.get("rng"))
+        checkpoint.restore_rng_state(resumed.get("rng"))
         first_epoch, best = int(resumed["epoch"]), dict(resumed.get("best") or {})
         logger.info("resumed from %s after epoch %d", resume_path, first_epoch)
 
@@ -224,19 +218,20 @@ def main(argv=None) -> int:
                 model, _ = end_pruning(pruner, model, optimizer)  # pruning never reached ending_epoch: harden now
                 logger.info("training ends before ending_epoch: masks hardened after the last epoch")
             if processes.is_main:
-                state = training_checkpoint(cfg, model, optimizer, scaler, pruner, epoch + 1, best)
+                state = checkpoint.training_checkpoint(cfg, model, optimizer, scaler, pruner, epoch + 1, best)
                 if (epoch + 1) % cfg.save_freq == 0 or last_epoch:
-                    save_checkpoint(state, model_dir / f"train_epoch_{epoch + 1}.pth")
+                    checkpoint.save_checkpoint(state, model_dir / f"train_epoch_{epoch + 1}.pth")
                     prune_epoch_checkpoints(model_dir, cfg.keep_checkpoints)
-                save_checkpoint(state, model_dir / "last.pth")
+                checkpoint.save_checkpoint(state, model_dir / "last.pth")
                 if last_epoch:
-                    save_checkpoint(state, model_dir / "final.pth")
+                    checkpoint.save_checkpoint(state, model_dir / "final.pth")
             run_log.flush()
             barrier()
     except KeyboardInterrupt:
         if processes.is_main:
-            path = save_checkpoint(
-                training_checkpoint(cfg, model, optimizer, scaler, pruner, epoch, best, True), model_dir / "last.pth"
+            path = checkpoint.save_checkpoint(
+                checkpoint.training_checkpoint(cfg, model, optimizer, scaler, pruner, epoch, best, True),
+                model_dir / "last.pth",
             )
             logger.warning("interrupted in epoch %d: saved %s; 'resume auto' repeats that epoch", epoch + 1, path)
         return 130
