@@ -1,10 +1,10 @@
 """How much smaller and faster compression makes PSPNet50 and SegNet, dense and at the publication's sparsities.
 
     python benchmarks/compress_speed.py [--runs 5] [--warmup 2] [--threads N] [--round-to 8] [--coupled]
-                                        [--profile] [--quick]
+                                        [--device cuda] [--half] [--batch 8] [--profile] [--quick]
 
-For PSPNet50 at 473x473 and SegNet at 360x480 (batch 1, torch.inference_mode, CPU unless --device
-cuda), dense and at sparsity 0.5, 0.75, 0.875 and 0.9375, with random hard masks and BatchNorm
+For PSPNet50 at 473x473 and SegNet at 360x480 (batch 1 unless --batch, torch.inference_mode, CPU
+unless --device cuda), dense and at sparsity 0.5, 0.75, 0.875 and 0.9375, with random hard masks and BatchNorm
 statistics as after training (there are no trained weights here): parameters and MACs of the
 masked and the compressed network, and median latencies of the dense network, the masked one
 and the compressed one, taking turns. "speedup" is dense latency / compressed latency;
@@ -53,6 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--half", action="store_true", help="float16 (on CUDA)")
+    parser.add_argument("--batch", type=int, default=1, help="images per forward pass")
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
     parser.add_argument("--sparsities", nargs="+", type=float, default=list(SPARSITIES))
     parser.add_argument("--round-to", type=int, default=1, help="keep multiples of this many channels per layer")
@@ -120,11 +121,11 @@ def benchmark(name: str, args: argparse.Namespace) -> None:
     size = quick_size if args.quick else full_size
     sparsities = (0.75,) if args.quick else args.sparsities
     dtype = torch.float16 if args.half else torch.float32
-    x = torch.randn(1, 3, *size, device=args.device, dtype=dtype)
+    x = torch.randn(args.batch, 3, *size, device=args.device, dtype=dtype)
     dense = masked_network(arch, 0.0).to(args.device, dtype)
     dense_stats = model_statistics(dense, x)
     masks = "coupled masks" if args.coupled else "independent masks"
-    print(f"\n{name} at {size[0]}x{size[1]}, batch 1, {describe_device(args)}, {masks}")
+    print(f"\n{name} at {size[0]}x{size[1]}, batch {args.batch}, {describe_device(args)}, {masks}")
     print(
         f"{'sparsity':>8}  {'params':>17}  {'MACs':>17}  {'MAC ratio':>9}  "
         f"{'dense ms':>9}  {'masked ms':>9}  {'compressed ms':>13}  {'speedup':>7}  {'of MACs':>7}  error (noise)"

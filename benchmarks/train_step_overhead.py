@@ -1,12 +1,15 @@
-"""What ACoSP's soft masks cost per training step of the publication's networks, as a ratio to dense.
+"""What ACoSP's masks cost per training step of the publication's networks, as a ratio to dense.
 
-    python benchmarks/train_step_overhead.py [--device cpu|cuda] [--pairs 10] [--sizes 129 473] [--batch 2]
-                                             [--threads N]
+    python benchmarks/train_step_overhead.py [--device cpu|cuda] [--pairs 10] [--sizes 129 473 360x480]
+                                             [--batch 2] [--networks PSPNet50 SegNet] [--threads N]
 
-For PSPNet50 and SegNet at each crop size: one SGD step (forward with labels, backward, update) of
-the dense network and of the same network with soft masks, alternated so that both see the same
-machine load, repeated ``--pairs`` times after a warm-up; prints the median step times and the
-median of the per-pair ratios. On CUDA the steps run under AMP, as training with ``amp: true`` does.
+For PSPNet50 and SegNet at each crop (``S`` for SxS, or ``HxW``): one SGD step (forward with
+labels, backward, update) of the dense network, of the same network with soft masks (sparsity
+0.75, as during pruning) and with hard masks (as after ``ending_epoch``), taking turns so that all
+three see the same machine load, ``--pairs`` times after a warm-up. Prints per row the median step
+time, images per second, the median of the per-turn ratios to dense (the mask overhead), and on
+CUDA the peak memory of the step (``torch.cuda.max_memory_allocated``). On CUDA the steps run as
+training with ``amp: true`` does: autocast to float16, a gradient scaler, channels_last.
 """
 
 from __future__ import annotations
@@ -26,48 +29,84 @@ from acosp.pruner import SoftTopKPruner  # noqa: E402
 from model import build_model  # noqa: E402
 
 NETWORKS = {"PSPNet50": {"arch": "psp", "layers": 50, "classes": 19}, "SegNet": {"arch": "segnet", "classes": 11}}
+KINDS = ("dense", "soft", "hard")
 
 
-def step_seconds(model, optimizer, images, labels, device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-        _, main_loss, aux_loss = model(images, labels)
-        loss = main_loss + 0.4 * aux_loss
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+def crop_size(text: str) -> tuple[int, int]:
+    """'473' -> (473, 473); '360x480' -> (360, 480)."""
+    try:
+        sides = [int(side) for side in text.lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a crop is S or HxW, got {text!r}") from None
+    if len(sides) not in (1, 2) or min(sides) < 1:
+        raise argparse.ArgumentTypeError(f"a crop is S or HxW, got {text!r}")
+    return (sides[0], sides[-1])
 
 
-def measure(arch: dict, size: int, batch: int, pairs: int, device: torch.device) -> tuple[float, float, float]:
+class Step:
+    """One network with its optimizer and gradient scaler, stepped as tool/train.py steps it."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.model = model.to(device).train()
+        if self.cuda:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-4, momentum=0.9)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.cuda)
+        self.peak_bytes = 0
+
+    def seconds(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        with torch.autocast(images.device.type, dtype=torch.float16, enabled=self.cuda):
+            _, main_loss, aux_loss = self.model(images, labels)
+            loss = main_loss + 0.4 * aux_loss
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak_bytes = max(self.peak_bytes, torch.cuda.max_memory_allocated())
+        return time.perf_counter() - start
+
+
+def measure(arch: dict, size: tuple[int, int], batch: int, pairs: int, device: torch.device) -> dict[str, dict]:
+    """Per kind: median step seconds, median ratio to dense, peak bytes."""
     torch.manual_seed(0)
-    dense = build_model(arch).to(device).train()
-    masked = SoftTopKPruner(final_sparsity=0.75).configure_model(copy.deepcopy(dense)).train()
-    runs = []
-    for model in (dense, masked):
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-        runs.append((model, optimizer))
-    images = torch.randn(batch, 3, size, size, device=device)
-    labels = torch.randint(0, arch["classes"], (batch, size, size), device=device)
-    for model, optimizer in runs:  # warm-up: allocator, cudnn choices, first-call overheads
-        step_seconds(model, optimizer, images, labels, device)
-    times = ([], [])
+    dense = build_model(arch)
+    soft = SoftTopKPruner(final_sparsity=0.75).configure_model(copy.deepcopy(dense))
+    pruner = SoftTopKPruner(final_sparsity=0.75)
+    hard = pruner.on_pruning_end(pruner.configure_model(copy.deepcopy(dense)))
+    steps = {kind: Step(model, device) for kind, model in zip(KINDS, (dense, soft, hard))}
+    images = torch.randn(batch, 3, *size, device=device)
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, arch["classes"], (batch, *size), device=device)
+    for step in steps.values():  # warm-up: allocator, cudnn choices, first-call overheads
+        step.seconds(images, labels)
+        step.seconds(images, labels)
+    times: dict[str, list[float]] = {kind: [] for kind in KINDS}
     for _ in range(pairs):
-        for which, (model, optimizer) in enumerate(runs):
-            times[which].append(step_seconds(model, optimizer, images, labels, device))
-    ratios = [m / d for d, m in zip(*times)]
-    return statistics.median(times[0]), statistics.median(times[1]), statistics.median(ratios)
+        for kind, step in steps.items():
+            times[kind].append(step.seconds(images, labels))
+    return {
+        kind: {
+            "seconds": statistics.median(times[kind]),
+            "ratio": statistics.median(t / d for t, d in zip(times[kind], times["dense"])),
+            "peak_bytes": steps[kind].peak_bytes,
+        }
+        for kind in KINDS
+    }
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--pairs", type=int, default=10)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[129, 473])
+    parser.add_argument("--pairs", type=int, default=10, help="timed turns of all three networks")
+    parser.add_argument("--sizes", type=crop_size, nargs="+", default=[(129, 129), (473, 473)], help="S or HxW")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
@@ -75,13 +114,20 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
-    print("| network | crop | dense step (s) | masked step (s) | masked / dense (median of pairs) |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    where = torch.cuda.get_device_name() + ", AMP float16, channels_last" if device.type == "cuda" else "CPU"
+    print(f"{where}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, batch {args.batch}")
+    print("| network | crop | masks | step (s) | images/s | step / dense | peak memory (GiB) |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
     for name in args.networks:
-        for size in args.sizes:
-            dense, masked, ratio = measure(NETWORKS[name], size, args.batch, args.pairs, device)
-            print(f"| {name} | {size} | {dense:.3f} | {masked:.3f} | {ratio:.3f} |", flush=True)
+        for height, width in args.sizes:
+            rows = measure(NETWORKS[name], (height, width), args.batch, args.pairs, device)
+            for kind, row in rows.items():
+                memory = f"{row['peak_bytes'] / 2**30:.2f}" if device.type == "cuda" else "-"
+                print(
+                    f"| {name} | {height}x{width} | {kind} | {row['seconds']:.4f} | {args.batch / row['seconds']:.1f} "
+                    f"| {row['ratio']:.3f} | {memory} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -101,8 +101,9 @@ def test_train_step_overhead_benchmark_runs():
     command = ["benchmarks/train_step_overhead.py", "--pairs", "1", "--sizes", "33", "--networks", "SegNet"]
     result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    row = result.stdout.splitlines()[-1].split("|")
-    assert [cell.strip() for cell in row[1:3]] == ["SegNet", "33"] and float(row[5]) > 0
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in result.stdout.splitlines()[-3:]]
+    assert [row[:3] for row in rows] == [["SegNet", "33x33", kind] for kind in ("dense", "soft", "hard")]
+    assert all(float(row[4]) > 0 for row in rows) and rows[0][5] == "1.000"
 
 
 def test_quick_start_is_two_commands_and_ci_runs_the_second():

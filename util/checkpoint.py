@@ -1,11 +1,13 @@
 """Checkpoints: plain dicts of tensors and Python values, written atomically, read with weights_only.
 
-A training checkpoint holds ``state_dict`` (the network, no ``module.`` prefix; semseg's key),
-``arch`` (what ``model.build_model`` needs to make the network again), ``pruner`` (the
-``SoftTopKPruner`` state, or None for a dense run), ``epoch`` (epochs finished), ``config`` (the
-resolved config as a dict) and, for resuming, ``optimizer``, ``scaler``, ``rng`` and ``best``.
+A training checkpoint (built in one place, ``training_checkpoint``) holds ``state_dict`` (the
+network, no ``module.`` prefix; semseg's key), ``arch`` (what ``model.build_model`` needs to make
+the network again), ``pruner`` (the ``SoftTopKPruner`` state, or None for a dense run), ``epoch``
+(epochs finished), ``config`` (the resolved config as a dict) and, for resuming, ``optimizer``,
+``scaler``, ``rng`` and ``best``.
 ``model_from_checkpoint`` rebuilds the network from any of them, dense, soft, hard or compressed,
-and from semseg's own checkpoints when a config says which network they hold.
+and from semseg's own checkpoints when a config says which network they hold. Beside them: the
+random state a resumed run restores, and the check that the folder can hold the checkpoints at all.
 """
 
 from __future__ import annotations
