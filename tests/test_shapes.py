@@ -175,3 +175,26 @@ def test_quick_start_trains_tests_reports_and_feeds_the_figures_and_the_table(tm
     record = json.loads((tmp_path / "table.json").read_text())
     # a quarter of 512 channels: 4 of 16, 8 of 32 and 16 of 64 per layer
     assert record["rows"][0]["kept_channels"] == 128 and 0 <= record["rows"][0]["mIoU"] <= 1
+
+
+def test_device_agreement_benchmark_compares_two_runs_through_the_hard_conversion(tmp_path):
+    data = tmp_path / "shapes"
+    generate(data, {"train": 8, "val": 4, "test": 4})
+    opts = ["data_root", str(data), "batch_size", "4", "batch_size_val", "4", "epochs", "2", "ending_epoch", "1"]
+    for split in ("train", "val"):
+        opts += [f"{split}_list", str(data / f"{split}.txt")]
+    command = [sys.executable, "benchmarks/device_agreement.py", "--devices", "cpu", "--folder", tmp_path / "runs"]
+    result = subprocess.run([*map(str, command), *opts], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    row = [cell.strip() for cell in result.stdout.splitlines()[-1].split("|")[1:-1]]
+    assert row[0] == "cpu" and row[2] == "128 / 512" and row[3:] == ["100%", "100.0%"]
+    assert (tmp_path / "runs" / "cpu" / "model" / "final.pth").exists()
+
+
+def test_sliding_window_benchmark_counts_the_windows_it_runs():
+    command = ["benchmarks/sliding_window_speed.py", "--device", "cpu", "--images", "1", "--size", "65x129"]
+    command += ["--config", "config/shapes/shapes_segnet.yaml", "base_size", "129", "test_h", "65", "test_w", "65"]
+    result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    # one scale of 65x129 under 65x65 crops at a stride of 44: columns 0, 44 and 64
+    assert result.stdout.splitlines()[-1].startswith("3 windows per image, ")
