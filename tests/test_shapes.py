@@ -181,7 +181,7 @@ def test_device_agreement_benchmark_compares_two_runs_through_the_hard_conversio
     data = tmp_path / "shapes"
     generate(data, {"train": 8, "val": 4, "test": 4})
     opts = ["data_root", str(data), "batch_size", "4", "batch_size_val", "4", "epochs", "2", "ending_epoch", "1"]
-    for split in ("train", "val"):
+    for split in ("train", "val", "test"):
         opts += [f"{split}_list", str(data / f"{split}.txt")]
     command = [sys.executable, "benchmarks/device_agreement.py", "--devices", "cpu", "--folder", tmp_path / "runs"]
     result = subprocess.run([*map(str, command), *opts], cwd=ROOT, capture_output=True, text=True, timeout=300)
