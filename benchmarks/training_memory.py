@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from acosp import SoftTopKPruner  # noqa: E402
-from model import build_model  # noqa: E402
+from model import build_model, describe_arch  # noqa: E402
 from util.config import load_config  # noqa: E402
 
 GIB = 2**30
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.set)
     cfg.pretrained_weights = None  # the size does not depend on the weights
-    model = build_model(cfg)
+    model = build_model(describe_arch(cfg))  # the shapes count, not ImageNet weights
     if cfg.sparsity > 0:  # soft masks: the pruning phase, when masks add their own activations
         SoftTopKPruner(0, cfg.ending_epoch, cfg.sparsity, cfg.min_remaining_elements).configure_model(model)
     model.train()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -64,7 +65,7 @@ def describe_arch(cfg: Any) -> dict[str, Any]:
     return description
 
 
-def build_model(cfg: Any, pretrained_weights: str | None = None) -> nn.Module:
+def build_model(cfg: Any, pretrained_weights: str | Path | None = None) -> nn.Module:
     """The network of a config (or of a checkpoint's arch dict).
 
     ``pretrained_weights`` (or the config key of that name) initialises the backbone from a file.

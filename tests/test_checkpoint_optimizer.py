@@ -59,6 +59,9 @@ def test_semseg_checkpoint_needs_the_config_and_loads_with_it(tmp_path):
         model_from_checkpoint(path)
     restored = model_from_checkpoint(path, Settings(SMALL_SEGNET))
     assert torch.equal(restored.dec1[1].weight, model.dec1[1].weight)
+    # the checkpoint holds every weight: a config's ImageNet file is neither needed nor read
+    with_weights = Settings(SMALL_SEGNET, pretrained_weights=str(tmp_path / "no_such_vgg16.pth"))
+    assert torch.equal(model_from_checkpoint(path, with_weights).dec1[1].weight, model.dec1[1].weight)
 
 
 def test_checkpoint_errors_name_the_file_and_keys(tmp_path):

@@ -129,8 +129,8 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, 
     config = write_config(tmp_path)
     real_build = train_tool.build_model
 
-    def poisoned(cfg):
-        model = real_build(cfg)
+    def poisoned(cfg, **options):
+        model = real_build(cfg, **options)
         calls = {"n": 0}
         forward = model.forward
 
@@ -161,6 +161,14 @@ def test_setup_errors_come_before_training(tmp_path):
     with pytest.raises(CheckpointError, match="cannot write to the experiment folder"):
         train(config, "save_path", blocker / "model")
     assert not (tmp_path / "exp" / "model" / "last.pth").exists()
+
+
+def test_pretrained_weights_are_found_relative_to_the_repository_from_any_folder(tmp_path, monkeypatch):
+    config = write_config(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="pretrained_weights: weight file .* does not exist") as error:
+        train(config, "width", "1.0", "pretrained_weights", "data/pretrained/nowhere_vgg16.pth")
+    assert str(ROOT / "data" / "pretrained" / "nowhere_vgg16.pth") in str(error.value)
 
 
 def test_two_process_ddp_run_keeps_masks_identical(tmp_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model import build_model  # noqa: E402
+from model import build_model, describe_arch  # noqa: E402
 from util.config import ConfigError, load_config  # noqa: E402
 from util.run_summary import (  # noqa: E402
     RunFiles,
@@ -43,7 +43,7 @@ def _relative(path: Path) -> str:
 def dense_row(dataset: str, dense_exp: str, opts: list[str]) -> tuple[dict, str]:
     """The dense network's size, and its scores from a local run or the stored reference; and where they came from."""
     cfg = load_config(ROOT / "config" / dataset / f"{dataset}_{dense_exp}.yaml", opts)
-    row = network_size(build_model(cfg), example_input(cfg))
+    row = network_size(build_model(describe_arch(cfg)), example_input(cfg))
     files = RunFiles.of(cfg)
     if files.metrics.is_file():
         return {**row, **read_metrics(files.metrics)}, f"dense scores from the run {_relative(files.metrics)}"

@@ -114,7 +114,7 @@ def main(argv=None) -> int:
     seed_epoch(seed, -1)
 
     # Everything that can be wrong with the setup fails here, before the first iteration.
-    model = build_model(cfg)
+    model = build_model(cfg, pretrained_weights=cfg.path("pretrained_weights"))  # relative to the repository
     if processes.is_main:
         checkpoint.check_free_space(model_dir, model)
         (exp_dir / "result").mkdir(parents=True, exist_ok=True)

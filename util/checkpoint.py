@@ -107,7 +107,7 @@ def model_from_checkpoint(path: str | Path, cfg: Any = None, map_location: str |
     config's ``arch``, ``layers``, ``classes``... do. Masked checkpoints get their masks back (soft
     or hard, from the saved pruner state or the config's ``sparsity``); compressed ones their widths.
     """
-    from model import build_model  # the library part of this module must not need model/
+    from model import build_model, describe_arch
 
     checkpoint = load_checkpoint(path, map_location)
     state = network_state(checkpoint, path)
@@ -115,7 +115,7 @@ def model_from_checkpoint(path: str | Path, cfg: Any = None, map_location: str |
     if arch is None:
         if cfg is None:
             raise CheckpointError(f"checkpoint {path} has no 'arch' entry; give the config of the network it holds")
-        arch = cfg
+        arch = describe_arch(cfg)  # the network's shape; its weights come from the checkpoint, not pretrained_weights
     model = build_model(arch)
     if isinstance(checkpoint.get("compression"), Mapping):
         from acosp.compress import apply_compression_spec
