@@ -154,9 +154,7 @@ def main(argv=None) -> int:
         groups = shared_mask_groups(model)
         logger.info("coupled masks: %d groups share a mask: %s", len(groups), "; ".join(map(" + ".join, groups)))
     if resumed is not None:
-        checkpoint.load_network_state(
-            model, {k.removeprefix("module."): v for k, v in resumed["state_dict"].items()}, resume_path
-        )
+        checkpoint.load_network_state(model, checkpoint.network_state(resumed, resume_path), resume_path)
     model.to(device)
     if device.type == "cuda" and cfg.amp:
         model = model.to(memory_format=torch.channels_last)  # tensor cores prefer NHWC in float16
