@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from acosp.compression.trace import Graph, Node, Ref, Value
+from acosp.compression.trace import Graph, Node, Ref, Value, leaves
 from acosp.inject import MaskedConv
 from acosp.masks import ChannelMask
 
@@ -242,7 +242,7 @@ class ChannelFlow:
         live = torch.zeros(channels, dtype=torch.bool)
         uniform = torch.ones(channels, dtype=torch.bool)
         linked = []
-        for item in _leaves((node.args, node.kwargs)):
+        for item in leaves((node.args, node.kwargs)):
             if isinstance(item, Ref):
                 shape, value = item.value.shape, item.value
             elif isinstance(item, torch.Tensor):
@@ -509,17 +509,6 @@ def _size_along(shape: tuple[int, ...], ndim: int, dim: int) -> int:
     """An operand's size along dimension ``dim`` of an ``ndim``-dimensional broadcast result."""
     position = dim - (ndim - len(shape))
     return shape[position] if position >= 0 else 1
-
-
-def _leaves(structure: Any):
-    if isinstance(structure, (tuple, list)):
-        for item in structure:
-            yield from _leaves(item)
-    elif isinstance(structure, dict):
-        for item in structure.values():
-            yield from _leaves(item)
-    else:
-        yield structure
 
 
 def _indexing_kind(index: Any, ndim: int) -> str:

@@ -95,16 +95,21 @@ class Graph:
         return calls
 
 
-def tensors_in(structure: Any) -> Iterator[torch.Tensor]:
-    """Every tensor in nested tuples, lists and dicts."""
-    if isinstance(structure, torch.Tensor):
-        yield structure
-    elif isinstance(structure, (tuple, list)):
+def leaves(structure: Any) -> Iterator[Any]:
+    """Everything in nested tuples, lists and dicts that is none of them."""
+    if isinstance(structure, (tuple, list)):
         for item in structure:
-            yield from tensors_in(item)
+            yield from leaves(item)
     elif isinstance(structure, dict):
         for item in structure.values():
-            yield from tensors_in(item)
+            yield from leaves(item)
+    else:
+        yield structure
+
+
+def tensors_in(structure: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in nested tuples, lists and dicts."""
+    return (item for item in leaves(structure) if isinstance(item, torch.Tensor))
 
 
 def snapshot(tensor: torch.Tensor) -> Snapshot | None:
