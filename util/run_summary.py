@@ -19,7 +19,7 @@ from torch import nn
 
 import acosp.stats
 from acosp.compress import model_statistics
-from acosp.inject import is_prunable, named_mask_layers
+from acosp.inject import is_prunable
 from util.checkpoint import model_from_checkpoint
 from util.config import repo_path
 from util.evaluate import result_folder
@@ -62,23 +62,16 @@ def read_metrics(path: str | Path) -> dict[str, float]:
     return scores
 
 
-def _count_as_compressed(model: nn.Module, example: torch.Tensor) -> int | None:
-    """Parameters of the network once its pruned channels are removed, where acosp can count them."""
-    return int(model_statistics(model, example)["parameters"])
-
-
-def network_size(model: nn.Module, example: torch.Tensor) -> dict[str, int | None]:
-    """Parameters (as compressed, where countable), kept and all output channels of the prunable convs."""
+def network_size(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+    """Parameters (of a masked network as compressed), kept and all output channels of the prunable convs."""
     kept = acosp.stats.kept_channels(model)
     if kept:
         channels = sum(total for _, total in kept.values())
         kept_total = sum(count for count, _ in kept.values())
+        parameters = int(model_statistics(model, example)["parameters"])
     else:  # a dense network: every prunable conv keeps its width
         widths = [m.out_channels for m in model.modules() if is_prunable(m) and hasattr(m, "out_channels")]
         channels = kept_total = sum(widths)
-    has_masks = any(True for _ in named_mask_layers(model))
-    parameters = _count_as_compressed(model, example) if has_masks else sum(p.numel() for p in model.parameters())
-    if parameters is None and not has_masks:
         parameters = sum(p.numel() for p in model.parameters())
     return {"parameters": parameters, "kept_channels": kept_total, "channels": channels}
 
