@@ -6,8 +6,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
+from util import dataset
 from util import transform as T
 from util.config import build_config
 from util.dataset import Cifar10, DatasetError, ListEntry, SemData, read_cifar10_batch, read_list
@@ -145,8 +147,66 @@ def test_unreadable_files_and_mismatched_sizes_name_the_file(tmp_path):
         data[0]
     with pytest.raises(DatasetError, match=r"labels/1.png: the label is 5x8 but its image .*images/1.png is 6x8"):
         data[1]
-    with pytest.raises(DatasetError, match="labels/2.png: the label has .* different colour channels"):
+    with pytest.raises(DatasetError, match="labels/2.png: the label is a RGBA image with different colour channels"):
         data[2]
+
+
+def test_every_label_format_a_real_dataset_uses_gives_the_same_train_ids(tmp_path):
+    """8-bit grey, palette (VOC), 16-bit, grey saved as RGB or RGBA; odd sizes; images grey, RGBA or 16-bit."""
+    ids = np.random.default_rng(1).choice(np.array([0, 1, 2, 3, 255], np.uint8), (7, 11))  # odd sizes
+    palette = np.random.default_rng(2).integers(0, 256, 768).astype(np.uint8).tolist()
+    as_palette = Image.fromarray(ids, mode="P")
+    as_palette.putpalette(palette)
+    labels = {
+        "grey.png": Image.fromarray(ids),
+        "palette.png": as_palette,
+        "sixteen.png": Image.fromarray(ids.astype(np.uint16)),
+        "rgb.png": Image.fromarray(np.dstack([ids] * 3)),
+        "rgba.png": Image.fromarray(np.dstack([ids] * 3 + [np.full_like(ids, 7)])),
+    }
+    rows, columns = np.mgrid[0:7, 0:11]
+    colour = np.dstack([rows * 30, columns * 20, np.full((7, 11), 90)]).astype(np.uint8)  # smooth: JPEG keeps it
+    images = {
+        "grey.png": (np.dstack([colour[:, :, 0]] * 3), colour[:, :, 0]),
+        "rgba.png": (colour, np.dstack([colour[:, :, ::-1], np.zeros((7, 11), np.uint8)])),
+        "sixteen.png": (colour, colour[:, :, ::-1].astype(np.uint16) * 257),  # 16-bit scaled back to 8
+        "sixteen.jpg": (None, colour[:, :, ::-1]),
+    }
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "images").mkdir()
+    for name, picture in labels.items():
+        picture.save(tmp_path / "labels" / name)
+    assert Image.open(tmp_path / "labels" / "palette.png").mode == "P"
+    assert Image.open(tmp_path / "labels" / "sixteen.png").mode.startswith("I")
+    for name, (_, stored) in images.items():
+        cv2.imwrite(str(tmp_path / "images" / name), stored)
+    lines = [f"images/{image} labels/{label}" for image, label in zip([*images, "grey.png"], labels)]
+    (tmp_path / "list.txt").write_text("# a comment line\n" + "\n".join(lines) + "\n")
+    data = SemData("train", tmp_path, tmp_path / "list.txt", classes=CLASSES)
+    assert len(data) == len(labels)
+    for index, (image, label) in enumerate(data):
+        assert label.dtype == np.uint8 and np.array_equal(label, ids), lines[index]
+        assert image.shape == (7, 11, 3) and image.dtype == np.float32
+    for index, (expected, _) in enumerate(images.values()):
+        if expected is not None:
+            assert np.array_equal(data[index][0], expected.astype(np.float32)), lines[index]
+    assert np.abs(data[3][0] - colour).mean() < 8  # JPEG: close to what was written
+
+
+def test_labels_that_cannot_be_train_ids_are_errors_that_name_the_file(tmp_path):
+    (tmp_path / "x").mkdir()
+    wide = tmp_path / "x" / "wide.png"
+    cv2.imwrite(str(wide), np.array([[0, 300]], np.uint16))
+    with pytest.raises(DatasetError, match=r"wide.png: label values must fit in 0..255, found 0..300 \(I;16"):
+        dataset.read_label(str(wide))
+    coloured = tmp_path / "x" / "coloured.png"
+    Image.fromarray(np.array([[[128, 64, 128], [0, 0, 142]]], np.uint8)).save(coloured)  # Cityscapes colours
+    with pytest.raises(DatasetError, match="coloured.png: the label is a RGB image with different colour channels"):
+        dataset.read_label(str(coloured))
+    broken = tmp_path / "x" / "broken.png"
+    broken.write_bytes(wide.read_bytes()[:40])
+    with pytest.raises(DatasetError, match="broken.png: cannot read the label"):
+        dataset.read_label(str(broken))
 
 
 def write_batch(path, images, labels, protocol=2):

@@ -17,6 +17,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from PIL import Image
 from torch.utils.data import Dataset
 
 from model import is_classification
@@ -50,9 +51,10 @@ def read_list(
 ) -> list[ListEntry]:
     """The entries of a list file of 'image label' lines ('image' alone is allowed for split 'test'), in order.
 
-    The one reader of list files, for training and testing. Paths are relative to ``data_root``
-    unless absolute. With ``check_files`` every listed file must exist (training: a missing file
-    stops the run before it starts); without, a missing file fails alone when it is read (testing).
+    The one reader of list files, for training and testing; empty lines and lines that start with
+    '#' are skipped. Paths are relative to ``data_root`` unless absolute. With ``check_files`` every
+    listed file must exist (training: a missing file stops the run before it starts); without, a
+    missing file fails alone when it is read (testing).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -63,7 +65,7 @@ def read_list(
     entries, missing = [], []
     for number, line in enumerate(lines, 1):
         fields = line.split()
-        if not fields:
+        if not fields or fields[0].startswith("#"):
             continue
         if len(fields) != 2 and not (split == "test" and len(fields) == 1):
             wanted = "'image' or 'image label'" if split == "test" else "'image label'"
@@ -82,29 +84,58 @@ def read_list(
     return entries
 
 
+def config_list_path(cfg: Any, list_key: str) -> Path:
+    """The list file a config names under ``list_key``; when it is missing, an error that says how to write it."""
+    if cfg[list_key] is None:
+        raise ValueError(f"{cfg.source}: {list_key} is not set")
+    path = cfg.path(list_key)
+    if not path.is_file():
+        from util.prepare_data import PREPARE  # prepare_data reads labels with this module
+
+        hint = ""
+        if cfg.dataset in PREPARE:
+            hint = f"; python tool/make_lists.py {cfg.dataset} {cfg.data_root} writes the lists of {cfg.dataset}"
+        raise FileNotFoundError(f"{path}: list file not found ({list_key} of {cfg.source}){hint}")
+    return path
+
+
 def read_image(path: str) -> np.ndarray:
     """An HxWx3 RGB float32 image on the 0-255 scale."""
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    # Pixels as stored: a label has no EXIF orientation to follow, so its image must not turn either.
+    image = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
         raise DatasetError(f"{path}: cannot read the image (missing, truncated or not an image file)")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB).astype(np.float32)
 
 
 def read_label(path: str) -> np.ndarray:
-    """An HxW uint8 label image of train ids."""
-    label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if label is None:
-        raise DatasetError(f"{path}: cannot read the label (missing, truncated or not an image file)")
-    if label.ndim == 3:
-        if not all(np.array_equal(label[:, :, 0], label[:, :, i]) for i in range(1, label.shape[2])):
+    """An HxW uint8 label image of train ids.
+
+    Palette PNGs (VOC's SegmentationClass) give their indices, not their colours; 16-bit and
+    grey-as-RGB labels are accepted when their values fit in 0..255. Read with Pillow, because
+    OpenCV turns a palette image into colours.
+    """
+    try:
+        with Image.open(path) as handle:
+            mode = handle.mode
+            label = np.array(handle)
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise DatasetError(f"{path}: cannot read the label ({error})") from None
+    if label.ndim == 3:  # RGB, RGBA, LA, PA: the colour channels must agree; an alpha channel is ignored
+        colours = label[:, :, : 3 if mode in ("RGB", "RGBA") else 1]
+        if not all(np.array_equal(colours[:, :, 0], colours[:, :, i]) for i in range(1, colours.shape[2])):
             raise DatasetError(
-                f"{path}: the label has {label.shape[2]} different colour channels; labels must be single-channel "
-                "PNGs of train ids (is this a colour-coded label?)"
+                f"{path}: the label is a {mode} image with different colour channels; labels must be single-channel "
+                "or palette PNGs of train ids (is this a colour-coded label?)"
             )
-        label = label[:, :, 0]
+        label = colours[:, :, 0]
     if label.dtype != np.uint8:
-        if label.min() < 0 or label.max() > 255:
-            raise DatasetError(f"{path}: label values must fit in 0..255, found {label.min()}..{label.max()}")
+        if label.dtype.kind == "f" and not np.array_equal(label, np.round(label)):
+            raise DatasetError(f"{path}: label values must be integers, the {mode} image holds fractions")
+        if label.size and (label.min() < 0 or label.max() > 255):
+            raise DatasetError(
+                f"{path}: label values must fit in 0..255, found {label.min():g}..{label.max():g} ({mode} image)"
+            )
         label = label.astype(np.uint8)
     return label
 
@@ -138,12 +169,10 @@ class SemData(Dataset):
     def from_config(cls, cfg, list_key: str, transform: Callable | None = None) -> SemData:
         """The dataset of ``cfg[list_key]`` ('train_list', 'val_list' or 'test_list'); paths from the repo root."""
         split = {"train_list": "train", "val_list": "val"}.get(list_key, cfg.split)
-        if cfg[list_key] is None:
-            raise ValueError(f"{cfg.source}: {list_key} is not set")
         return cls(
             split,
             cfg.path("data_root"),
-            cfg.path(list_key),
+            config_list_path(cfg, list_key),
             transform,
             classes=cfg.classes,
             ignore_label=cfg.ignore_label,

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from util.atomic import atomic_path
 from util.config import repo_path
-from util.dataset import DatasetError, ListEntry, read_image, read_label, read_list
+from util.dataset import DatasetError, ListEntry, config_list_path, read_image, read_label, read_list
 from util.distributed import all_reduce_sum, rank_and_world
 from util.inference import SlidingWindowPredictor
 from util.metrics import SegmentationMetrics
@@ -170,10 +170,10 @@ def evaluate(
         raise ValueError(f"{cfg.source}: has_prediction is true but split test has no labels to score against")
     if not cfg.has_prediction and model is None:
         raise ValueError("evaluate needs a model unless has_prediction is true")
-    if cfg.test_list is None:
-        raise ValueError(f"{cfg.source}: test_list is not set")
     entries = select(
-        read_entries(cfg.split, repo_path(cfg.data_root), repo_path(cfg.test_list)), cfg.index_start, cfg.index_step
+        read_entries(cfg.split, repo_path(cfg.data_root), config_list_path(cfg, "test_list")),
+        cfg.index_start,
+        cfg.index_step,
     )
     names, colors = read_names(repo_path(cfg.names_path)), read_colors(repo_path(cfg.colors_path))
     if len(names) != cfg.classes or len(colors) < cfg.classes:
