@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from tool import convert_cityscapes, make_lists
+from util import prepare_data
 from util.config import load_config
 from util.dataset import SemData
-from util import prepare_data
 from util.prepare_data import (
     CITYSCAPES_TRAIN_IDS,
     LIST_MARK,

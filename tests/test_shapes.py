@@ -157,7 +157,8 @@ def test_quick_start_trains_tests_reports_and_feeds_the_figures_and_the_table(tm
     readme = tmp_path / "shapes.md"
     readme.write_text("before\n<!-- shapes-table:start -->\nold\n<!-- shapes-table:end -->\nafter\n")
     tool(
-        "benchmarks/shapes_table.py",
+        "benchmarks/results_table.py",
+        "shapes",
         "--skip-training",
         "--sparsities",
         "0.75",
@@ -171,10 +172,13 @@ def test_quick_start_trains_tests_reports_and_feeds_the_figures_and_the_table(tm
     )
     text = readme.read_text()
     assert text.startswith("before\n") and text.endswith("after\n") and "\nold\n" not in text
-    assert "| 0.75 | 4 |" in text and "python benchmarks/shapes_table.py --skip-training" in text
+    assert "| 0.75 | 4 |" in text and "python benchmarks/results_table.py shapes --skip-training" in text
+    assert "publication" not in text.split("\n\n")[0]  # it quotes no numbers for shapes
     record = json.loads((tmp_path / "table.json").read_text())
     # a quarter of 512 channels: 4 of 16, 8 of 32 and 16 of 64 per layer
-    assert record["rows"][0]["kept_channels"] == 128 and 0 <= record["rows"][0]["mIoU"] <= 1
+    row = record["rows"][0]
+    assert row["kept_channels"] == 128 and 0 <= row["mIoU"] <= 1 and row["latency"] > 0
+    assert 0 < row["macs"] < 0.2e9 and row["crop"] == "64x64"
 
 
 def test_device_agreement_benchmark_compares_two_runs_through_the_hard_conversion(tmp_path):

@@ -119,6 +119,38 @@ RECIPES = {
         val_list="data/lists/camvid/val.txt",
         test_list="data/lists/camvid/test.txt",
     ),
+    # CamVid on a laptop: the SegNet above at a quarter of its width, trained from random weights on
+    # half-size images (180x240, scale 0.4-0.6 of the 360x480 frames) for 16 epochs with Adam, tested at
+    # half size too; train and test take about 20 minutes on two CPU cores (README, "Reproducing the
+    # publication"). No validation during training: the test follows it in tool/train.sh.
+    ("camvid", "segnet_cpu"): dict(
+        SEGNET,
+        classes=11,
+        ignore_label=11,
+        width=0.25,
+        min_remaining_elements=4,
+        optimizer="adam",
+        base_lr=0.003,
+        weight_decay=0.0001,
+        lr_schedule="cosine",
+        scale_min=0.4,
+        scale_max=0.6,
+        train_h=180,
+        train_w=240,
+        batch_size=8,
+        workers=2,
+        epochs=16,
+        ending_epoch=8,
+        manual_seed=1,
+        print_freq=20,
+        keep_checkpoints=1,
+        base_size=240,
+        test_h=180,
+        test_w=240,
+        train_list="data/lists/camvid/train.txt",
+        val_list="data/lists/camvid/val.txt",
+        test_list="data/lists/camvid/test.txt",
+    ),
     ("cifar10", "resnet18"): dict(
         arch="resnet18",
         classes=10,

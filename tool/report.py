@@ -6,7 +6,8 @@
 Prints the checkpoint, predictions, metrics CSV and tensorboard folder of exp/DATASET/EXP, then
 mIoU, mAcc, parameters (counted as the compressed network has them) and kept channels of the run
 and of the dense network. The dense scores come from exp/DATASET/DENSE when that run was tested on
-this machine, otherwise from the reference results of benchmarks/shapes_table.py (shapes only).
+this machine, otherwise from the reference results of ``benchmarks/results_table.py shapes``
+(shapes only).
 """
 
 from __future__ import annotations

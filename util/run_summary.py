@@ -1,8 +1,8 @@
 """What a finished experiment produced and how big its network is: paths, scores, parameters, channels.
 
-``tool/report.py`` prints it after the quick start; ``benchmarks/shapes_table.py`` turns it into the
-table in docs/shapes.md. The scores come from the ``metrics.csv`` that ``tool/test.py`` wrote, the sizes from
-the final checkpoint: parameters counted as the network would have them once compressed, and the
+``tool/report.py`` prints it after the quick start; ``benchmarks/results_table.py`` turns it into the
+tables in docs/shapes.md and README.md. The scores come from the ``metrics.csv`` that ``tool/test.py``
+wrote, the sizes from the final checkpoint: parameters counted as the network would have them once compressed, and the
 output channels its masks keep.
 """
 
