@@ -258,13 +258,13 @@ def test_every_dataset_and_network_is_shipped_dense_and_at_four_sparsities():
     for experiment in ("ade20k/ade20k_pspnet50", "voc2012/voc2012_pspnet50", "cityscapes/cityscapes_pspnet50"):
         for suffix in ("", "_0.5", "_0.75", "_0.875", "_0.9375"):
             assert f"{experiment}{suffix}.yaml" in names
-    for experiment in ("cityscapes/cityscapes_segnet", "camvid/camvid_segnet"):
+    for experiment in ("cityscapes/cityscapes_segnet", "camvid/camvid_segnet", "camvid/camvid_segnet_cpu"):
         for suffix in ("", "_0.5", "_0.75", "_0.875", "_0.9375"):
             assert f"{experiment}{suffix}.yaml" in names
     for suffix in ("", "_0.5", "_0.75", "_0.875", "_0.9375"):
         assert f"cifar10/cifar10_resnet18{suffix}.yaml" in names
         assert f"shapes/shapes_segnet{suffix}.yaml" in names
-    assert len(names) == 35
+    assert len(names) == 40
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda path: path.stem)
