@@ -1,6 +1,8 @@
 """The repository's own pieces: atomic writes, the figure script, what ``pip install .`` ships."""
 
+import os
 import re
+import stat
 import subprocess
 import sys
 import zipfile
@@ -24,6 +26,9 @@ def test_atomic_path_replaces_only_on_success(tmp_path):
         raise RuntimeError("killed while writing")
     assert target.read_text() == "first"
     assert sorted(path.name for path in target.parent.iterdir()) == ["result.csv"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask  # not mkstemp's private 0600
 
 
 def test_plot_soft_mask_writes_a_png(tmp_path):
