@@ -11,9 +11,10 @@ from torch.utils.data import DataLoader
 
 from util import dataset
 from util import transform as T
-from util.config import build_config
+from util.config import ROOT, build_config, load_config
 from util.dataset import Cifar10, DatasetError, ListEntry, SemData, read_cifar10_batch, read_list
 from util.evaluate import read_entries
+from util.transform import segmentation_transforms
 
 CLASSES = 4
 
@@ -272,3 +273,21 @@ def test_a_cifar10_batch_cannot_run_code(tmp_path, capsys):
     with pytest.raises(DatasetError, match="refusing to load builtins.print"):
         read_cifar10_batch(tmp_path / "test_batch")
     assert "must not run" not in capsys.readouterr().out
+
+
+def test_odd_sized_frames_come_out_of_the_cpu_recipes_transforms_at_its_crop(tmp_path):
+    cfg = load_config(ROOT / "config" / "camvid" / "camvid_segnet_cpu.yaml")
+    rng = np.random.default_rng(4)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    lines = []
+    for index, size in enumerate([(361, 479), (97, 133), (720, 960)]):  # odd, smaller than the crop, larger
+        cv2.imwrite(str(tmp_path / "images" / f"{index}.png"), rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+        cv2.imwrite(str(tmp_path / "labels" / f"{index}.png"), rng.integers(0, 12, size, dtype=np.uint8))
+        lines.append(f"images/{index}.png labels/{index}.png")
+    (tmp_path / "train.txt").write_text("\n".join(lines) + "\n")
+    transform = segmentation_transforms(cfg, train=True)
+    data = SemData("train", tmp_path, tmp_path / "train.txt", transform, classes=11, ignore_label=11)
+    for image, label in data:
+        assert image.shape == (3, 180, 240) and label.shape == (180, 240)
+        assert set(label.unique().tolist()) <= set(range(12))  # padding is the ignore label 11
