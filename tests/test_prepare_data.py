@@ -12,10 +12,9 @@ from tool import convert_cityscapes, make_lists
 from util import prepare_data
 from util.config import load_config
 from util.dataset import SemData
+from util.list_files import OverwriteError, mark
 from util.prepare_data import (
     CITYSCAPES_TRAIN_IDS,
-    LIST_MARK,
-    OverwriteError,
     convert_label,
     lookup_table,
     prepare_ade20k,
@@ -24,6 +23,7 @@ from util.prepare_data import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+LIST_MARK = mark("make_lists")
 
 
 def image(path, shape=(4, 9)):
@@ -144,7 +144,7 @@ def test_make_lists_refuses_to_overwrite_a_list_it_did_not_write(tmp_path, capsy
     (camvid / "test.txt").unlink()  # only the training list is in the way
     assert make_lists.main(["camvid", str(camvid), "--lists", str(camvid)]) == 1
     error = capsys.readouterr().err
-    assert f"error: {camvid / 'train.txt'}: exists and was not written by tool/make_lists.py" in error
+    assert f"error: {camvid / 'train.txt'}: exists and was not written by this repository's data tools" in error
     assert "--lists DIR" in error
     assert (camvid / "train.txt").read_text() == own["train"]
     assert not (camvid / "test.txt").exists()  # nothing written: every target is checked first

@@ -11,6 +11,7 @@ from train_helpers import ROOT
 
 from util.config import load_config
 from util.dataset import SemData, read_label
+from util.list_files import OverwriteError
 from util.palette import read_colors, read_names
 from util.shapes import CLASSES, COLORS, IGNORE, ensure_dataset, generate, sample
 
@@ -54,8 +55,9 @@ def test_generated_dataset_is_identical_twice_and_read_by_semdata(tmp_path):
     generate(tmp_path / "b", SIZES, seed=2)
     for split, count in SIZES.items():
         lines = (tmp_path / "a" / f"{split}.txt").read_text().splitlines()
-        assert len(lines) == count and lines == (tmp_path / "b" / f"{split}.txt").read_text().splitlines()
-        for line in lines:
+        assert lines[0] == "# list file written by tool/make_shapes.py"
+        assert len(lines) == count + 1 and lines == (tmp_path / "b" / f"{split}.txt").read_text().splitlines()
+        for line in lines[1:]:
             for relative in line.split():
                 assert (tmp_path / "a" / relative).read_bytes() == (tmp_path / "b" / relative).read_bytes()
     data = SemData("train", tmp_path / "a", tmp_path / "a" / "train.txt", classes=len(CLASSES))
@@ -63,6 +65,25 @@ def test_generated_dataset_is_identical_twice_and_read_by_semdata(tmp_path):
     assert len(data) == 6 and image.shape == (64, 64, 3) and label.shape == (64, 64)
     first_label = read_label(str(tmp_path / "a" / "labels" / "train" / "train_00000.png"))
     assert np.array_equal(first_label, sample(0, seed=2)[1])
+
+
+def test_generating_into_another_dataset_overwrites_nothing(tmp_path):
+    (tmp_path / "train.txt").write_text("/SegNet/CamVid/train/a.png /SegNet/CamVid/trainannot/a.png\n")
+    with pytest.raises(OverwriteError, match="train.txt: exists and was not written by this repository's data tools"):
+        generate(tmp_path, SIZES)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["train.txt"]  # nothing written
+    other = tmp_path / "other"
+    (other / "images" / "val").mkdir(parents=True)
+    cv2.imwrite(str(other / "images" / "val" / "val_00000.png"), np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(OverwriteError, match="val_00000.png: exists and is not an image of this dataset"):
+        generate(other, SIZES)
+    assert cv2.imread(str(other / "images" / "val" / "val_00000.png")).shape == (4, 4, 3)
+    partial = tmp_path / "partial"  # an interrupted run: images, no lists yet; the same seed goes on
+    generate(partial, {"train": 2}, seed=2)
+    (partial / "train.txt").unlink()
+    generate(partial, SIZES, seed=2)
+    generate(partial, SIZES, seed=3)  # its own dataset: regenerated with another seed
+    assert len((partial / "test.txt").read_text().splitlines()) == SIZES["test"] + 1
 
 
 def test_names_and_colours_files_match_the_generator():
@@ -100,7 +121,7 @@ def test_make_shapes_writes_the_lists(tmp_path):
         text=True,
     )
     assert result.returncode == 0, result.stderr
-    assert len((tmp_path / "train.txt").read_text().splitlines()) == 2
+    assert len((tmp_path / "train.txt").read_text().splitlines()) == 1 + 2  # the mark, two images
     assert "test.txt: 1 images" in result.stdout
 
 

@@ -7,9 +7,10 @@ read-only or shared, and whose own ``train.txt`` or ``val.txt`` must survive). A
 marks it as written here. Labels that are not train ids yet (Cityscapes' labelIds, ADE20K's
 0 = 'other') are converted beside the originals, into files named for the conversion.
 
-Nothing is overwritten that this module did not write: an existing list file without the mark, or
-an existing converted label that differs from the conversion, stops the run with an error that
-names the file. Every file is written atomically, and the lists only after every label is done.
+Nothing is overwritten that this module did not write (util/list_files.py): an existing list file
+without the mark, or an existing converted label that differs from the conversion, stops the run
+with an error that names the file. Every file is written atomically, and the lists only after
+every label is done.
 """
 
 from __future__ import annotations
@@ -21,22 +22,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from util import list_files
 from util.atomic import atomic_path
 from util.config import ROOT
 from util.dataset import DatasetError, read_label
-
-# The first line of every list file written here; read_list skips lines that start with '#'.
-LIST_MARK = "# list file written by tool/make_lists.py"
+from util.list_files import OverwriteError
 
 # Cityscapes label id -> train id for the 19 evaluated classes; every other id becomes 255.
 CITYSCAPES_TRAIN_IDS = {
     7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9,
     23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
 }  # fmt: skip
-
-
-class OverwriteError(FileExistsError):
-    """A file is in the way that the preparation did not write; it is left as it is."""
 
 
 def default_lists_folder(dataset: str) -> Path:
@@ -75,35 +71,15 @@ def convert_label(source: Path, target: Path, table: np.ndarray) -> None:
             raise OSError(f"{target}: could not write the PNG")
 
 
-def _check_writable_list(path: Path) -> None:
-    if not path.exists():
-        return
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        first = handle.readline().rstrip("\n")
-    if first != LIST_MARK:
-        raise OverwriteError(
-            f"{path}: exists and was not written by tool/make_lists.py (the dataset's own list?); not "
-            "overwriting it. Write the lists to another folder with --lists DIR (and point the config's "
-            "train_list, val_list and test_list there), or move the file away"
-        )
+WAY_OUT = (
+    "Write the lists to another folder with --lists DIR (and point the config's train_list, val_list and "
+    "test_list there), or move the file away"
+)
 
 
 def write_lists(folder: Path, lists: dict[str, list[tuple[str, str]]]) -> dict[Path, int]:
-    """Write each ``name: [(image, label), ...]`` to ``folder/name``; the number of lines of each.
-
-    Every target is checked before the first is written, so a refusal leaves all of them as they were.
-    """
-    folder = Path(folder)
-    targets = {folder / name: pairs for name, pairs in lists.items()}
-    for path in targets:
-        _check_writable_list(path)
-    counts = {}
-    for path, pairs in targets.items():
-        text = LIST_MARK + "\n" + "".join(f"{image} {label}\n" for image, label in pairs)
-        with atomic_path(path) as temporary:
-            temporary.write_text(text, encoding="utf-8")
-        counts[path] = len(pairs)
-    return counts
+    """Write each ``name: [(image, label), ...]`` to ``folder/name``, checking every target first."""
+    return list_files.write_lists("make_lists", {Path(folder) / name: rows for name, rows in lists.items()}, WAY_OUT)
 
 
 def _require_dir(path: Path, what: str) -> Path:

@@ -23,7 +23,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from util import list_files
 from util.atomic import atomic_path
+from util.list_files import OverwriteError
+
+# A folder that is not a shapes dataset stops generate() before it changes anything there.
+WAY_OUT = "Generate the shapes dataset into a folder of its own (tool/make_shapes.py FOLDER, data_root)"
 
 CLASSES = ("background", "disc", "square", "triangle", "ring", "stripe")
 COLORS = ((70, 70, 70), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48))
@@ -184,8 +189,9 @@ def generate(
 ) -> dict[str, int]:
     """Write the dataset under ``root``: images/<split>/, labels/<split>/ and <split>.txt per split.
 
-    The list files are written last, so a list that exists belongs to a complete split.
-    Returns the number of samples per split.
+    The list files are written last, so a list that exists belongs to a complete split. A list file
+    or an image in the way that this dataset did not write (``root`` is some other dataset) is an
+    error, and nothing of it is overwritten. Returns the number of samples per split.
     """
     sizes = dict(DEFAULT_SIZES if sizes is None else sizes)
     unknown = set(sizes) - set(SPLITS)
@@ -196,17 +202,30 @@ def generate(
     if size < 16:
         raise ValueError(f"images must be at least 16 pixels wide, got {size}")
     root = Path(root)
+    lists = [root / f"{split}.txt" for split in sizes]
+    for path in lists:
+        list_files.check_writable(path, WAY_OUT)
+    ours = any(path.exists() for path in lists)  # a shapes folder already: its images may be replaced
     for split, count in sizes.items():
-        lines = []
+        rows = []
         for index in range(count):
             image, label = sample(index, split, seed, size)
             name = f"{split}_{index:05d}.png"
-            _write_png(root / "images" / split / name, image)
-            _write_png(root / "labels" / split / name, label)
-            lines.append(f"images/{split}/{name} labels/{split}/{name}")
-        with atomic_path(root / f"{split}.txt") as temporary:
-            temporary.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            for path, array in ((root / "images" / split / name, image), (root / "labels" / split / name, label)):
+                if not ours and path.exists() and not _holds(path, array):
+                    raise OverwriteError(f"{path}: exists and is not an image of this dataset. {WAY_OUT}")
+                _write_png(path, array)
+            rows.append((f"images/{split}/{name}", f"labels/{split}/{name}"))
+        list_files.write_lists("make_shapes", {root / f"{split}.txt": rows}, WAY_OUT)
     return sizes
+
+
+def _holds(path: Path, array: np.ndarray) -> bool:
+    """Whether the PNG at ``path`` holds ``array`` (RGB or labels): one an interrupted run left behind."""
+    stored = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if stored is not None and stored.ndim == 3:
+        stored = cv2.cvtColor(stored, cv2.COLOR_BGR2RGB)
+    return stored is not None and np.array_equal(stored, array)
 
 
 def ensure_dataset(cfg, log=print) -> bool:
