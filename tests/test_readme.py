@@ -63,7 +63,7 @@ def test_library_checkpoint_example_restores_the_network(tmp_path):
 
 def test_every_document_is_linked_from_the_readme_and_its_links_resolve():
     readme = (ROOT / "README.md").read_text()
-    assert len(readme.splitlines()) <= 260
+    assert len(readme.splitlines()) <= 300  # the details live in docs/
     for document in DOCS:
         assert f"docs/{document.name}" in readme
     for path in [ROOT / "README.md", ROOT / "FAQ.md", *DOCS]:
