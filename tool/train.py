@@ -27,6 +27,7 @@ from util import checkpoint  # noqa: E402
 from util.config import load_config, save_config  # noqa: E402
 from util.dataset import build_datasets  # noqa: E402
 from util.distributed import barrier, broadcast_int, close_processes, init_processes, masks_agree  # noqa: E402
+from util.list_files import OverwriteError  # noqa: E402
 from util.metrics import training_metrics  # noqa: E402
 from util.optimizer import build_optimizer  # noqa: E402
 from util.sampling import make_loader, per_process_batch, seed_epoch  # noqa: E402
@@ -253,7 +254,7 @@ def _better(metrics: dict, best: dict) -> bool:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (TrainingError, ValueError, FileNotFoundError) as error:
+    except (TrainingError, ValueError, FileNotFoundError, OverwriteError) as error:
         logging.getLogger("train").error("%s", error)
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
