@@ -42,6 +42,50 @@ PSPNET = dict(arch="psp", layers=50, zoom_factor=8, aux_weight=0.4, head_lr_fact
 PSPNET["pretrained_weights"] = "data/pretrained/resnet50_v2.pth"
 SEGNET = dict(arch="segnet", aux_weight=0.0, head_lr_factor=1.0, scale_min=0.25, scale_max=1.0)
 
+CAMVID_SEGNET = dict(
+    **SEGNET,
+    classes=11,
+    ignore_label=11,
+    train_h=360,
+    train_w=480,
+    batch_size=8,
+    weight_decay=0.0005,
+    lr_schedule="cosine",
+    epochs=450,
+    ending_epoch=300,
+    manual_seed=1,
+    base_size=480,
+    test_h=360,
+    test_w=480,
+    train_list="data/lists/camvid/train.txt",
+    val_list="data/lists/camvid/val.txt",
+    test_list="data/lists/camvid/test.txt",
+)
+# CamVid on a laptop: the SegNet above at a quarter of its width, trained from random weights on
+# half-size images (180x240, scale 0.4-0.6 of the 360x480 frames) for 16 epochs with Adam, tested at
+# half size too; train and test take about 20 minutes on two CPU cores (README, "CamVid on two CPU
+# cores"). No validation during training: the test follows it in tool/train.sh.
+CAMVID_SEGNET_CPU = dict(
+    CAMVID_SEGNET,
+    width=0.25,
+    min_remaining_elements=4,
+    optimizer="adam",
+    base_lr=0.003,
+    weight_decay=0.0001,
+    scale_min=0.4,
+    scale_max=0.6,
+    train_h=180,
+    train_w=240,
+    workers=2,
+    epochs=16,
+    ending_epoch=8,
+    print_freq=20,
+    keep_checkpoints=1,
+    base_size=240,
+    test_h=180,
+    test_w=240,
+)
+
 RECIPES = {
     ("ade20k", "pspnet50"): dict(
         **PSPNET,
@@ -100,57 +144,8 @@ RECIPES = {
         val_list="data/lists/cityscapes/fine_val.txt",
         test_list="data/lists/cityscapes/fine_val.txt",
     ),
-    ("camvid", "segnet"): dict(
-        **SEGNET,
-        classes=11,
-        ignore_label=11,
-        train_h=360,
-        train_w=480,
-        batch_size=8,
-        weight_decay=0.0005,
-        lr_schedule="cosine",
-        epochs=450,
-        ending_epoch=300,
-        manual_seed=1,
-        base_size=480,
-        test_h=360,
-        test_w=480,
-        train_list="data/lists/camvid/train.txt",
-        val_list="data/lists/camvid/val.txt",
-        test_list="data/lists/camvid/test.txt",
-    ),
-    # CamVid on a laptop: the SegNet above at a quarter of its width, trained from random weights on
-    # half-size images (180x240, scale 0.4-0.6 of the 360x480 frames) for 16 epochs with Adam, tested at
-    # half size too; train and test take about 20 minutes on two CPU cores (README, "Reproducing the
-    # publication"). No validation during training: the test follows it in tool/train.sh.
-    ("camvid", "segnet_cpu"): dict(
-        SEGNET,
-        classes=11,
-        ignore_label=11,
-        width=0.25,
-        min_remaining_elements=4,
-        optimizer="adam",
-        base_lr=0.003,
-        weight_decay=0.0001,
-        lr_schedule="cosine",
-        scale_min=0.4,
-        scale_max=0.6,
-        train_h=180,
-        train_w=240,
-        batch_size=8,
-        workers=2,
-        epochs=16,
-        ending_epoch=8,
-        manual_seed=1,
-        print_freq=20,
-        keep_checkpoints=1,
-        base_size=240,
-        test_h=180,
-        test_w=240,
-        train_list="data/lists/camvid/train.txt",
-        val_list="data/lists/camvid/val.txt",
-        test_list="data/lists/camvid/test.txt",
-    ),
+    ("camvid", "segnet"): CAMVID_SEGNET,
+    ("camvid", "segnet_cpu"): CAMVID_SEGNET_CPU,
     ("cifar10", "resnet18"): dict(
         arch="resnet18",
         classes=10,
