@@ -150,7 +150,7 @@ def markdown(dataset: str, network: str, rows: list[dict], command: str, minutes
         ]
         lines.append("| " + " | ".join(cells) + " |")
     made = f"made by `{command}` in {minutes:.0f} minutes" if minutes is not None else f"written by `{command}`"
-    crop = f"{rows[0]['crop']}" if rows else "the test crop"
+    crop = rows[0]["crop"] if rows else "the test crop"
     lines += [
         "",
         f"*Table {made}; each run is `sh tool/train.sh {dataset} {experiment(network, 0)}[_S]` (training, then "

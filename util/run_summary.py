@@ -2,8 +2,8 @@
 
 ``tool/report.py`` prints it after the quick start; ``benchmarks/results_table.py`` turns it into the
 tables in docs/shapes.md and README.md. The scores come from the ``metrics.csv`` that ``tool/test.py``
-wrote, the sizes from the final checkpoint: parameters counted as the network would have them once compressed, and the
-output channels its masks keep.
+wrote, the sizes from the final checkpoint: parameters counted as the network would have them once
+compressed, and the output channels its masks keep.
 """
 
 from __future__ import annotations
