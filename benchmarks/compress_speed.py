@@ -1,7 +1,8 @@
 """How much smaller and faster compression makes PSPNet50 and SegNet, dense and at the publication's sparsities.
 
     python benchmarks/compress_speed.py [--runs 5] [--warmup 2] [--threads N] [--round-to 8] [--coupled]
-                                        [--device cuda] [--half] [--batch 8] [--profile] [--quick]
+                                        [--contiguous] [--vs-torch-pruning] [--device cuda] [--half]
+                                        [--batch 8] [--profile] [--quick]
 
 For PSPNet50 at 473x473 and SegNet at 360x480 (batch 1 unless --batch, torch.inference_mode, CPU
 unless --device cuda), dense and at sparsity 0.5, 0.75, 0.875 and 0.9375, with random hard masks and BatchNorm
@@ -17,6 +18,12 @@ compressed network, the share of time by operation, which shows where the work t
 shrink takes over.
 --coupled gives the convs that add into one residual stream (and SegNet's encoder/decoder pairs that
 share unpooling indices) one mask (SoftTopKPruner(coupled_masks=True)), so the streams narrow too.
+--contiguous keeps the compressed network in contiguous memory format (compress(channels_last=False));
+by default, on the CPU, its filters and tensors are channels-last.
+--vs-torch-pruning (with --coupled; needs `pip install torch-pruning`) adds, per sparsity, a row for
+the same channels removed by Torch-Pruning: its latency, its error against the removal it claims
+(the channels zeroed after their BatchNorm) and, in the last column, against the masked network,
+whose pruned channels are constants after BatchNorm (what ACoSP trained).
 --quick is a smoke test on tiny inputs.
 """
 
@@ -33,6 +40,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch_pruning_peer  # noqa: E402  (beside this script)
 
 from acosp.compress import compress, compression_spec, model_statistics, relative_error  # noqa: E402
 from acosp.pruner import SoftTopKPruner  # noqa: E402
@@ -58,6 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sparsities", nargs="+", type=float, default=list(SPARSITIES))
     parser.add_argument("--round-to", type=int, default=1, help="keep multiples of this many channels per layer")
     parser.add_argument("--coupled", action="store_true", help="convs summed into one stream share a mask")
+    parser.add_argument("--contiguous", action="store_true", help="compressed network in contiguous memory format")
+    parser.add_argument("--vs-torch-pruning", action="store_true", help="the same channels removed by Torch-Pruning")
     parser.add_argument("--profile", action="store_true", help="time shares by operation of each compressed network")
     parser.add_argument("--quick", action="store_true", help="tiny inputs, one sparsity, one run: a smoke test")
     return parser.parse_args(argv)
@@ -134,22 +145,34 @@ def benchmark(name: str, args: argparse.Namespace) -> None:
     for sparsity in sparsities:
         coupled_at = quick_size if args.coupled else None
         masked = masked_network(arch, sparsity, round_to=args.round_to, coupled_at=coupled_at).to(args.device, dtype)
-        compressed = compress(masked, x, check=not args.half)
-        stats = model_statistics(compressed, x)
+        compressed = compress(masked, x, check=not args.half, channels_last=False if args.contiguous else None)
         models = {"dense": dense, "masked": masked, "compressed": compressed}
+        if args.vs_torch_pruning:
+            peer, peer_errors = torch_pruning_peer.compare(masked, x)
+            models["torch-pruning"] = peer
         latency = {name: seconds * 1000 for name, seconds in median_latencies(models, x, runs, warmup).items()}
-        ratio = dense_stats["macs"] / stats["macs"]
-        speedup = latency["dense"] / latency["compressed"]
-        print(
-            f"{sparsity:>8}  {human(dense_stats['parameters']) + ' -> ' + human(stats['parameters']):>17}  "
-            f"{human(dense_stats['macs']) + ' -> ' + human(stats['macs']):>17}  {ratio:>8.2f}x  "
-            f"{latency['dense']:>9.1f}  {latency['masked']:>9.1f}  {latency['compressed']:>13.1f}  "
-            f"{speedup:>6.2f}x  {speedup / ratio:>7.2f}  {exactness(compressed)}"
-            + ("" if args.half else f" ({summation_order_noise(masked, x):.1e})")
-        )
+        noise = "" if args.half else f" ({summation_order_noise(masked, x):.1e})"
+        print(row(sparsity, dense_stats, compressed, x, latency, "compressed", exactness(compressed) + noise))
+        if args.vs_torch_pruning:
+            errors = f"{peer_errors[0]:.1e} [{peer_errors[1]:.2f} vs masked]"
+            print(row("  T-P", dense_stats, peer, x, latency, "torch-pruning", errors))
         if args.profile:
             shares = ", ".join(f"{op} {share:.0%}" for op, share in operation_shares(compressed, x)[:8])
             print(f"{'':>8}  compressed, time by operation: {shares}")
+
+
+def row(label, dense_stats: dict, small: nn.Module, x: torch.Tensor, latency: dict, name: str, errors: str) -> str:
+    """One line of the table: ``small`` (the network timed as ``name``) against the dense network."""
+    stats = model_statistics(small, x)
+    ratio = dense_stats["macs"] / stats["macs"]
+    speedup = latency["dense"] / latency[name]
+    masked = f"{latency['masked']:>9.1f}" if name == "compressed" else f"{'':>9}"
+    return (
+        f"{label:>8}  {human(dense_stats['parameters']) + ' -> ' + human(stats['parameters']):>17}  "
+        f"{human(dense_stats['macs']) + ' -> ' + human(stats['macs']):>17}  {ratio:>8.2f}x  "
+        f"{latency['dense']:>9.1f}  {masked}  {latency[name]:>13.1f}  "
+        f"{speedup:>6.2f}x  {speedup / ratio:>7.2f}  {errors}"
+    )
 
 
 def exactness(compressed: nn.Module) -> str:
@@ -184,6 +207,13 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     if args.half and args.device != "cuda":
         print("--half needs --device cuda", file=sys.stderr)
+        return 2
+    if args.vs_torch_pruning and not (args.coupled and torch_pruning_peer.available()):
+        print(
+            "--vs-torch-pruning needs --coupled (Torch-Pruning removes the channels of a residual stream's "
+            "convs together) and the package torch-pruning (pip install torch-pruning)",
+            file=sys.stderr,
+        )
         return 2
     warnings.simplefilter("ignore", UserWarning)  # the float32/float64 note of compress: shown in "error"
     for name in args.networks:

@@ -29,6 +29,10 @@ from acosp.compression.spec import SPEC_FORMAT, SPEC_VERSION, build_layer
 from acosp.compression.trace import Graph, Node, Value, tensors_in, trace
 from acosp.inject import MaskedConv, output_channel_weight, unwrap
 
+# A conv writes into a wider tensor by computing the other channels too (as constants) when they
+# are at most this fraction of its own: (wider - own) * _PADDING_SHARE <= own.
+_PADDING_SHARE = 4
+
 # Spread (max - min) allowed in a channel treated as a constant, relative to its magnitude.
 _CONSTANT_TOLERANCE = 1e-4
 
@@ -40,6 +44,7 @@ def compress(
     check: bool = True,
     tolerance: float = 1e-4,
     fold_batchnorm: bool = True,
+    channels_last: bool | None = None,
 ) -> nn.Module:
     """A smaller copy of ``model`` (hard masks) that computes the same function in eval mode.
 
@@ -53,7 +58,12 @@ def compress(
     within ``tolerance`` (max |difference| / max |output|). With ``fold_batchnorm`` a BatchNorm
     that only reads a conv's output is folded into that conv (its place gets an ``nn.Identity``):
     the same function with one pass less over every tensor; ``False`` keeps the BatchNorm layers,
-    to fine-tune the compressed network, say. The model itself is left unchanged.
+    to fine-tune the compressed network, say. With ``channels_last`` its conv filters are stored in
+    ``torch.channels_last`` memory format, so its convs compute, and hand on, channels-last tensors:
+    narrow convs run much faster that way on the CPU (``docs/compression.md``); the outputs then come
+    in that memory format too. By default that is done on the CPU where the network's ``forward``
+    runs so (one that calls ``.view`` on a permuted tensor does not: it stays contiguous, with a
+    warning). The model itself is left unchanged.
     """
     network = unwrap(model)
     args = example_input if isinstance(example_input, tuple) else (example_input,)
@@ -67,10 +77,17 @@ def compress(
     finally:
         network.train(training)
     compressed.eval()
+    try_channels_last = channels_last is None and all(p.device.type == "cpu" for p in compressed.parameters())
+    output = None
+    channels_last = bool(channels_last or try_channels_last)
+    if channels_last:
+        compressed.to(memory_format=torch.channels_last)
+    if try_channels_last or check:
+        output, channels_last = _first_run(compressed, args, channels_last, fall_back=try_channels_last)
+    spec["channels_last"] = bool(channels_last)
     spec["input_shape"] = [list(tensor.shape) for tensor in args if isinstance(tensor, torch.Tensor)]
     if check:
-        with full_float32_precision():
-            error = relative_error(graph.output, _run(compressed, args))
+        error = relative_error(graph.output, output)
         spec["relative_error"] = error
         if not error <= tolerance:
             # The convs of the compressed network sum fewer terms in another order. Where the function
@@ -96,6 +113,27 @@ def compress(
             )
     compressed._acosp_compression_spec = spec
     return compressed
+
+
+def _first_run(compressed: nn.Module, args: tuple, channels_last: bool, fall_back: bool) -> tuple[Any, bool]:
+    """The output of ``compressed`` on ``args`` (in full float32), and whether it runs in channels-last format.
+
+    With ``fall_back`` a ``forward`` that fails on channels-last tensors (``x.view(n, -1)`` after
+    pooling, say) gets the network back in contiguous format, with a warning, rather than fail later.
+    """
+    with full_float32_precision():
+        try:
+            return _run(compressed, args), channels_last
+        except RuntimeError as error:
+            if not (fall_back and channels_last):
+                raise
+            compressed.to(memory_format=torch.contiguous_format)
+            warnings.warn(
+                f"the compressed network stays in contiguous memory format: its forward fails on channels-last "
+                f"tensors ({str(error).splitlines()[0]}); compress(..., channels_last=False) says so without trying",
+                stacklevel=3,
+            )
+            return _run(compressed, args), False
 
 
 @contextlib.contextmanager
@@ -341,20 +379,44 @@ def _narrowed_conv(conv: nn.Module, kept: torch.Tensor, call: Node, flow: Channe
         new_bias = (0 if new_bias is None else new_bias) * scale[kept_index] + shift[kept_index]
         folded = folded * scale[kept_index].view(-1, 1, 1)
         fill = shift[out_layout]  # what BatchNorm makes of the channels this conv does not compute
-    if transposed:
-        narrow = narrow.transpose(0, 1)
     out_width = None
     out_index = None
+    padded = 0
+    computed = len(kept_index)
     if not torch.equal(out_layout, kept_index):
         out_width = len(out_layout)
         out_index = torch.searchsorted(out_layout, kept_index)
+        if (out_width - computed) * _PADDING_SHARE <= computed:
+            # A few channels more (SegNet's one unpooled constant): zero filters whose bias is the value
+            # they stand for cost fewer passes than writing into a wider tensor, and leave a plain conv.
+            padded = out_width - computed
+            narrow, new_bias, folded = _padded(narrow, new_bias, folded, out_index, out_width, fill)
+            computed, out_width, out_index = out_width, None, None
+    if transposed:
+        narrow = narrow.transpose(0, 1)
     filled = out_width is not None and fill is not None and bool(fill.abs().max() > 0)
     has_bias = new_bias is not None
-    entry = _conv_entry(conv, len(in_layout), len(kept_index), 1, has_bias, out_width, constant_input, filled)
+    entry = _conv_entry(conv, len(in_layout), computed, 1, has_bias, out_width, constant_input, filled)
+    if padded:
+        entry["padded_channels"] = padded
     new_bias = None if new_bias is None else new_bias.to(weight.dtype)
     kernel = folded.to(weight.dtype) if constant_input else None
     fill = fill.to(weight.dtype) if filled else None
     return _make_conv(entry, conv, narrow, new_bias, out_index, kernel, fill), entry
+
+
+def _padded(narrow, bias, folded, index, width, fill):
+    """Filters, bias and border kernel of a conv that computes all ``width`` channels, the others as constants."""
+    wide = narrow.new_zeros((width, *narrow.shape[1:]))
+    wide[index] = narrow
+    wide_bias = (torch.zeros(width, dtype=torch.float64) if fill is None else fill.clone()).double()
+    if bias is not None:
+        wide_bias[index] = bias.double()
+    elif fill is None:
+        wide_bias = None
+    wide_folded = folded.new_zeros((width, *folded.shape[1:]))
+    wide_folded[index] = folded
+    return wide, wide_bias, wide_folded
 
 
 def _conv_entry(conv, in_channels, out_channels, groups, bias, out_width, constant_input, filled=False) -> dict:

@@ -12,12 +12,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from acosp.compression.layers import CompressedConv2d, CompressedConvTranspose2d
 from acosp.inject import MaskedConv, unwrap
+
+# Layers that hold their conv as ``.conv``: counted as one layer, by that conv.
+WRAPPED = (MaskedConv, CompressedConv2d, CompressedConvTranspose2d)
 
 
 def _macs(module: nn.Module, inputs: tuple, output: Any) -> int:
     """Multiply-accumulates of one call, for the whole batch."""
-    if isinstance(module, MaskedConv):
+    if isinstance(module, WRAPPED):
         module = module.conv
     if not isinstance(output, torch.Tensor) or not inputs or not isinstance(inputs[0], torch.Tensor):
         return 0
@@ -37,7 +41,7 @@ def _macs(module: nn.Module, inputs: tuple, output: Any) -> int:
 
 
 def _own_parameters(module: nn.Module) -> int:
-    if isinstance(module, MaskedConv):  # the conv's weights; the mask's logits go away with compression
+    if isinstance(module, WRAPPED):  # the conv's weights; a mask's logits go away with compression
         return sum(p.numel() for p in module.conv.parameters())
     return sum(p.numel() for p in module.parameters(recurse=False))
 
@@ -52,13 +56,13 @@ def count_layers(model: nn.Module, example_input: torch.Tensor | tuple) -> dict[
     args = example_input if isinstance(example_input, tuple) else (example_input,)
     batch = next((arg.shape[0] for arg in args if isinstance(arg, torch.Tensor) and arg.dim() > 0), 1)
     counted: dict[str, dict[str, Any]] = {}
-    inside_masked: list[MaskedConv] = []
+    inside_wrapper: list[nn.Module] = []
     handles = []
 
     def record(name: str):
         def hook(module, inputs, output):
-            if inside_masked and module is not inside_masked[-1]:
-                return  # the conv inside a masked conv: counted with it
+            if inside_wrapper and module is not inside_wrapper[-1]:
+                return  # the conv inside a wrapper: counted with it
             row = counted.setdefault(
                 name, {"type": type(module).__name__, "parameters": _own_parameters(module), "macs": 0, "calls": 0}
             )
@@ -68,13 +72,13 @@ def count_layers(model: nn.Module, example_input: torch.Tensor | tuple) -> dict[
         return hook
 
     def enter(module, args) -> None:
-        inside_masked.append(module)
+        inside_wrapper.append(module)
 
     def leave(module, args, output) -> None:
-        inside_masked.pop()
+        inside_wrapper.pop()
 
     for name, module in network.named_modules():
-        if isinstance(module, MaskedConv):
+        if isinstance(module, WRAPPED):
             handles.append(module.register_forward_pre_hook(enter))
             handles.append(module.register_forward_hook(record(name)))
             handles.append(module.register_forward_hook(leave))

@@ -37,48 +37,50 @@ def _edge_counts(size: int, out_size: int, kernel: int, stride: int, pad_before:
     return leading, trailing
 
 
-def add_border_correction(
-    output: torch.Tensor, input_size: tuple[int, int], kernel: torch.Tensor, conv: nn.Conv2d
-) -> torch.Tensor:
-    """Add, in place, what constant input channels give at the border beyond their interior value.
+def border_terms(
+    input_size: tuple[int, int], output_size: tuple[int, int], kernel: torch.Tensor, conv: nn.Conv2d, dtype: torch.dtype
+) -> list[tuple[tuple[slice, slice], torch.Tensor]]:
+    """What constant input channels give at the border beyond their interior value: ``[(region, addend)]``.
 
     ``kernel[o, i, j]`` is the constant channels' summed contribution through tap (i, j); the
     interior value ``kernel[o].sum()`` is already in the bias. At an output position whose taps
     partly fall on zero padding only the taps on the image count. Validity is separable, so only
-    the border rows and columns are touched.
+    the border rows and columns need an addend: at most four regions (top, bottom, and left and
+    right between them), each with a tensor that broadcasts over the batch.
     """
-    height, width = output.shape[-2:]
     kernel_h, kernel_w = conv.kernel_size
     if isinstance(conv.padding, str):  # 'same': the smaller half of the padding comes first
         pad_h = conv.dilation[0] * (kernel_h - 1) // 2
         pad_w = conv.dilation[1] * (kernel_w - 1) // 2
     else:
         pad_h, pad_w = conv.padding
+    height, width = output_size
     row_geometry = (input_size[0], height, kernel_h, conv.stride[0], pad_h, conv.dilation[0])
     col_geometry = (input_size[1], width, kernel_w, conv.stride[1], pad_w, conv.dilation[1])
     top, bottom = _edge_counts(*row_geometry)
     left, right = _edge_counts(*col_geometry)
+    terms: list[tuple[tuple[slice, slice], torch.Tensor]] = []
     if not (top or bottom or left or right):
-        return output
+        return terms
+    kernel = kernel.double()
     rows = _validity(*row_geometry).to(kernel)
     cols = _validity(*col_geometry).to(kernel)
     interior = kernel.sum((1, 2))
-    dtype = output.dtype
     if top or bottom:
         edge_rows = torch.cat([rows[:top], rows[height - bottom :]])
-        correction = torch.einsum("yi,oij,xj->oyx", edge_rows, kernel, cols) - interior[:, None, None]
-        correction = correction.to(dtype)
+        correction = (torch.einsum("yi,oij,xj->oyx", edge_rows, kernel, cols) - interior[:, None, None]).to(dtype)
         if top:
-            output[:, :, :top] += correction[:, :top]
+            terms.append(((slice(0, top), slice(None)), correction[:, :top].contiguous()))
         if bottom:
-            output[:, :, height - bottom :] += correction[:, top:]
+            terms.append(((slice(height - bottom, height), slice(None)), correction[:, top:].contiguous()))
     if (left or right) and top + bottom < height:
         correction = (torch.einsum("oij,xj->ox", kernel, cols) - interior[:, None]).to(dtype)
+        middle = slice(top, height - bottom)
         if left:
-            output[:, :, top : height - bottom, :left] += correction[:, None, :left]
+            terms.append(((middle, slice(0, left)), correction[:, None, :left].contiguous()))
         if right:
-            output[:, :, top : height - bottom, width - right :] += correction[:, None, width - right :]
-    return output
+            terms.append(((middle, slice(width - right, width)), correction[:, None, width - right :].contiguous()))
+    return terms
 
 
 def _scatter(output: torch.Tensor, index: torch.Tensor, width: int, fill: torch.Tensor | None) -> torch.Tensor:
@@ -87,72 +89,132 @@ def _scatter(output: torch.Tensor, index: torch.Tensor, width: int, fill: torch.
     With a BatchNorm folded into the conv, the others are what it makes of 0: ``fill``.
     """
     shape = (output.shape[0], width, *output.shape[2:])
+    full = torch.empty(shape, dtype=output.dtype, device=output.device, memory_format=_memory_format(output))
     if fill is None:
-        full = output.new_zeros(shape)
+        full.zero_()
     else:
-        full = fill.to(output.dtype).view(1, width, *[1] * (output.dim() - 2)).expand(shape).clone()
+        full.copy_(fill.to(output.dtype).view(1, width, *[1] * (output.dim() - 2)).expand(shape))
     return full.index_copy_(1, index, output)  # in place: one pass less over the wide tensor
 
 
-class _Narrowed:
-    """What both compressed conv kinds add to a conv: the wider output they write into, and the
-    kernel that folds constant input channels (their buffers are filled by ``acosp.compress``)."""
+def _memory_format(tensor: torch.Tensor) -> torch.memory_format:
+    if tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last) and not tensor.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+class _CompressedConv(nn.Module):
+    """A plain conv (``self.conv``) and what compression adds around it: the border correction for
+    constant input channels, and the wider output its channels are written into.
+
+    The conv stays a standard ``nn.Conv2d`` / ``nn.ConvTranspose2d``, so profilers, MAC counters,
+    quantisers and exporters see the layer that does the work; the additions cost no MACs. The
+    buffers are filled by ``acosp.compress``.
+    """
+
+    unprunable = True  # a mask on its outputs would not match ``out_width``
+    conv_type: type[nn.Module] = nn.Conv2d
 
     def __init__(
         self, *args, out_width: int | None = None, constant_input: bool = False, filled: bool = False, **kwargs
     ):
-        super().__init__(*args, **kwargs)
+        super().__init__()
+        self.conv = self.conv_type(*args, **kwargs)
+        self.conv.unprunable = True
         self.out_width = out_width
         self.constant_input = constant_input
-        if out_width is not None:
-            self.register_buffer("out_index", torch.zeros(self.out_channels, dtype=torch.long))
+        out_channels = self.conv.out_channels
+        self.register_buffer(
+            "out_index", torch.zeros(out_channels, dtype=torch.long) if out_width is not None else None
+        )
         self.register_buffer("out_fill", torch.zeros(out_width) if out_width is not None and filled else None)
-        if constant_input:
-            self.register_buffer("constant_kernel", torch.zeros(self.out_channels, *self.kernel_size))
+        kernel = torch.zeros(out_channels, *self.conv.kernel_size) if constant_input else None
+        self.register_buffer("constant_kernel", kernel)
+        self._border_cache: dict = {}
+
+    def __getattr__(self, name: str):
+        if name in _CONV_ATTRIBUTES:  # read like the conv it wraps: in_channels, weight, ...
+            return getattr(self._modules["conv"], name)
+        return super().__getattr__(name)
+
+    def _apply(self, fn, recurse=True):
+        self._border_cache = {}  # device, dtype or values may change
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self._border_cache = {}
+        for key in ("weight", "bias"):  # checkpoints of acosp 0.x, where this layer was the conv itself
+            if prefix + key in state_dict and prefix + "conv." + key not in state_dict:
+                state_dict[prefix + "conv." + key] = state_dict.pop(prefix + key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _wider(self, y: torch.Tensor) -> torch.Tensor:
+        if self.out_width is None:
+            return y
+        return _scatter(y, self.out_index, self.out_width, self.out_fill)
 
     def extra_repr(self) -> str:
-        text = super().extra_repr()
+        text = []
         if self.out_width is not None:
-            text += f", out_width={self.out_width}"
+            text.append(f"out_width={self.out_width}")
         if self.constant_input:
-            text += ", constant_input=True"
+            text.append("constant_input=True")
         if self.out_fill is not None:
-            text += ", filled=True"
-        return text
+            text.append("filled=True")
+        return ", ".join(text)
 
 
-class CompressedConv2d(_Narrowed, nn.Conv2d):
+_CONV_ATTRIBUTES = frozenset(
+    ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode")
+    + ("output_padding", "weight", "bias", "transposed")
+)
+
+
+class CompressedConv2d(_CompressedConv):
     """A narrowed conv that folds constant input channels exactly and may write into a wider tensor."""
 
-    unprunable = True  # a mask on its outputs would not match ``out_width``
+    conv_type = nn.Conv2d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._conv_forward(x, self.weight, self.bias)
+        y = self.conv(x)
         if self.constant_input:
-            y = add_border_correction(y, tuple(x.shape[-2:]), self.constant_kernel, self)
-        if self.out_width is not None:
-            y = _scatter(y, self.out_index, self.out_width, self.out_fill)
-        return y
+            for (rows, cols), addend in self._border(tuple(x.shape[-2:]), y):
+                y[:, :, rows, cols] += addend
+        return self._wider(y)
+
+    def _border(self, input_size: tuple[int, int], y: torch.Tensor) -> list:
+        """The border terms for this input size, computed once per size (a few tensors of border size).
+
+        While a tracer or compiler records the forward pass they are computed in it, not cached.
+        """
+        key = (input_size, tuple(y.shape[-2:]), y.dtype, y.device)
+        recording = torch.jit.is_tracing() or torch.compiler.is_compiling()
+        terms = None if recording else self._border_cache.get(key)
+        if terms is None:
+            terms = border_terms(input_size, key[1], self.constant_kernel, self.conv, y.dtype)
+            terms = [(region, addend.to(y.device)) for region, addend in terms]
+            if not recording:
+                self._border_cache[key] = terms
+        return terms
 
 
-class CompressedConvTranspose2d(_Narrowed, nn.ConvTranspose2d):
+class CompressedConvTranspose2d(_CompressedConv):
     """A narrowed transposed conv; constant input channels add their (periodic) map to the output."""
 
-    unprunable = True
+    conv_type = nn.ConvTranspose2d
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
-        output_padding = self._output_padding(
-            x, output_size, self.stride, self.padding, self.kernel_size, 2, self.dilation
-        )
-        arguments = (self.stride, self.padding, output_padding)
-        y = F.conv_transpose2d(x, self.weight, self.bias, *arguments, self.groups, self.dilation)
+        y = self.conv(x, output_size)
         if self.constant_input:
+            conv = self.conv
+            output_padding = conv._output_padding(
+                x, output_size, conv.stride, conv.padding, conv.kernel_size, 2, conv.dilation
+            )
+            arguments = (conv.stride, conv.padding, output_padding)
             ones = x.new_ones((1, 1, *x.shape[-2:]))
             kernel = self.constant_kernel.to(x.dtype)[None]
-            y = y + F.conv_transpose2d(ones, kernel, None, *arguments, 1, self.dilation)
-        if self.out_width is not None:
-            y = _scatter(y, self.out_index, self.out_width, self.out_fill)
-        return y
+            y = y + F.conv_transpose2d(ones, kernel, None, *arguments, 1, conv.dilation)
+        return self._wider(y)
 
 
 class RemovedLayer(nn.Module):

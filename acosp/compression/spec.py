@@ -10,10 +10,11 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import torch
 from torch import nn
 
 from acosp.compression.layers import CompressedConv2d, CompressedConvTranspose2d, RemovedLayer
-from acosp.inject import MaskedConv, UnprunableConv2d, unwrap
+from acosp.inject import MaskedConv, unwrap
 
 SPEC_FORMAT = "acosp.compression"
 SPEC_VERSION = 1
@@ -59,6 +60,8 @@ def apply_compression_spec(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
         if reference is not None:  # where the layer it replaces lives
             layer.to(device=reference.device, dtype=reference.dtype if reference.is_floating_point() else None)
         set_module(network, name, layer)
+    if spec.get("channels_last"):
+        network.to(memory_format=torch.channels_last)
     network._acosp_compression_spec = copy.deepcopy(spec)
     return model
 
@@ -125,10 +128,8 @@ def build_layer(entry: dict[str, Any], name: str) -> nn.Module:
         "constant_input": entry.get("constant_input", False),
         "filled": entry.get("filled", False),
     }
-    if kind == "Conv2d":
-        layer = (UnprunableConv2d if entry["unprunable"] else nn.Conv2d)(**arguments)
-    elif kind == "ConvTranspose2d":
-        layer = nn.ConvTranspose2d(**arguments)
+    if kind in ("Conv2d", "ConvTranspose2d"):
+        layer = getattr(nn, kind)(**arguments)  # the standard type, so that other tools count it
         if entry["unprunable"]:
             layer.unprunable = True
     elif kind == "CompressedConv2d":
