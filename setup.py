@@ -30,9 +30,12 @@ setup(
         "tqdm",
     ],
     # setuptools: the packaging test builds a wheel without build isolation. onnx: ONNX export of
-    # compressed networks (torch's exporter needs onnxscript), checked with onnxruntime.
+    # compressed networks (torch's exporter needs onnxscript), checked with onnxruntime. peer:
+    # Torch-Pruning, which benchmarks/compress_speed.py --vs-torch-pruning compares with, and whose MAC
+    # counter a test holds the compressed networks' counts against.
     extras_require={
-        "test": ["pytest>=7", "ruff>=0.5", "setuptools>=70.1", "onnx", "onnxscript", "onnxruntime"],
+        "test": ["pytest>=7", "ruff>=0.5", "setuptools>=70.1", "onnx", "onnxscript", "onnxruntime", "torch-pruning"],
         "onnx": ["onnx", "onnxscript", "onnxruntime"],
+        "peer": ["torch-pruning"],
     },
 )
