@@ -8,6 +8,9 @@ A narrowed conv may have to
 - write its few computed channels into a wider tensor (``out_index`` into ``out_width`` channels),
   when the residual sum it feeds keeps channels that other branches computed.
 
+Both kinds hold the conv itself as a plain ``nn.Conv2d`` / ``nn.ConvTranspose2d`` (``.conv``), so
+that tools which recognise layers by their exact type count and quantise it.
+
 ``RemovedLayer`` stands where the traced forward pass never called a layer (PSPNet's auxiliary
 head in eval mode), so that a compressed checkpoint does not carry its weights.
 """
@@ -143,7 +146,7 @@ class _CompressedConv(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         self._border_cache = {}
-        for key in ("weight", "bias"):  # checkpoints of acosp 0.x, where this layer was the conv itself
+        for key in ("weight", "bias"):  # compressed checkpoints from when this layer was the conv itself
             if prefix + key in state_dict and prefix + "conv." + key not in state_dict:
                 state_dict[prefix + "conv." + key] = state_dict.pop(prefix + key)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
