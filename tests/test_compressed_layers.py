@@ -4,10 +4,18 @@ import warnings
 
 import pytest
 import torch
+from test_compress import random_batch_norm
 from test_compress_networks import NETWORKS, pruned
 from torch import nn
 
-from acosp.compress import apply_compression_spec, compress, compression_spec, model_statistics, relative_error
+from acosp.compress import (
+    apply_compression_spec,
+    compress,
+    compression_report,
+    compression_spec,
+    model_statistics,
+    relative_error,
+)
 from acosp.compression.layers import CompressedConv2d
 from acosp.pruner import SoftTopKPruner
 from model import build_model
@@ -164,3 +172,19 @@ def test_a_state_dict_whose_wrapper_was_the_conv_itself_still_loads():
     old = {"weight": torch.randn(6, 4, 3, 3), "bias": torch.randn(6), "constant_kernel": torch.randn(6, 3, 3)}
     layer.load_state_dict(old)
     assert torch.equal(layer.conv.weight, old["weight"]) and torch.equal(layer.constant_kernel, old["constant_kernel"])
+
+
+def test_a_few_extra_channels_become_zero_filters_of_a_plain_conv():
+    """SegNet with coupled masks keeps one unpooled constant channel per pair: computed, not copied in."""
+    arch, size = NETWORKS["segnet"]
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, size, size)
+    pruner = SoftTopKPruner(final_sparsity=0.875, coupled_masks=True)
+    model = pruner.on_pruning_end(pruner.configure_model(random_batch_norm(build_model(arch)), x)).eval()
+    compressed = compress(model, x)
+    layers = compression_spec(compressed)["layers"]
+    padded = [entry for entry in layers.values() if "padded_channels" in entry]
+    assert padded and all(entry.get("out_width") is None for entry in padded)  # no copy into a wider tensor
+    assert "more as constants (zero filters)" in compression_report(compressed)
+    with torch.no_grad():
+        assert relative_error(model(x), compressed(x)) < 1e-4

@@ -76,6 +76,12 @@ def compression_report(compressed: nn.Module) -> str:
                 f"{name}: computes {entry['out_channels']} of {entry['original_out_channels']} channels, written "
                 f"into {entry['out_width']} (what it feeds keeps channels that other layers compute)"
             )
+        elif entry.get("padded_channels"):
+            lines.append(
+                f"{name}: computes {entry['out_channels'] - entry['padded_channels']} of "
+                f"{entry['original_out_channels']} channels, and {entry['padded_channels']} more as constants "
+                "(zero filters) for what it feeds"
+            )
     lines += [f"full width: {reason}" for reason in spec["full_width"]]
     return "\n".join(lines) if lines else "every layer keeps only its own channels"
 
