@@ -8,7 +8,7 @@ loaded on first use.
 import importlib
 
 from acosp import inject, masks, stats
-from acosp.inject import UnprunableConv2d, hard_to_conv, soft_to_hard_k
+from acosp.inject import UnprunableConv2d, hard_to_conv, soft_to_hard_k, unprunable
 from acosp.masks import ChannelMask, SigmoidSoftTopK, sigmoid_soft_top_k
 from acosp.pruner import SoftTopKPruner
 
@@ -29,6 +29,7 @@ __all__ = [
     "sigmoid_soft_top_k",
     "soft_to_hard_k",
     "stats",
+    "unprunable",
 ]
 
 

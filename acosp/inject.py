@@ -23,6 +23,13 @@ class UnprunableConv2d(nn.Conv2d):
     unprunable = True
 
 
+def unprunable(module: nn.Module) -> nn.Module:
+    """``module`` marked to keep its width; returns it. Unlike ``UnprunableConv2d`` its type stays
+    the standard one, which tools that recognise layers by exact type (MAC counters) count."""
+    module.unprunable = True
+    return module
+
+
 class MaskedConv(nn.Sequential):
     """A conv followed by the mask of its output channels (before any BatchNorm).
 

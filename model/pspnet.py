@@ -1,7 +1,8 @@
 """PSPNet: a dilated ResNet (output stride 8), pyramid pooling, and an auxiliary head on layer3.
 
 Parameter and buffer names are those of hszhao/semseg's PSPNet, so its published checkpoints load
-strictly. The classifier convs are ``UnprunableConv2d``: ACoSP leaves them at full width.
+strictly. The classifier convs are plain ``nn.Conv2d`` marked ``unprunable``: ACoSP leaves them at
+full width.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from acosp.inject import UnprunableConv2d
+from acosp.inject import unprunable
 from model.resnet import resnet
 
 PPM_BINS = (1, 2, 3, 6)
@@ -55,7 +56,7 @@ def _head(in_channels: int, hidden: int, classes: int, dropout: float) -> nn.Seq
         nn.BatchNorm2d(hidden),
         nn.ReLU(inplace=True),
         nn.Dropout2d(p=dropout),
-        UnprunableConv2d(hidden, classes, kernel_size=1),
+        unprunable(nn.Conv2d(hidden, classes, kernel_size=1)),
     )
 
 

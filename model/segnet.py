@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from acosp.inject import UnprunableConv2d
+from acosp.inject import unprunable
 from model.pretrained import load_weight_file, read_state_dict
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class SegNet(nn.Module):
             convs = []
             for channels in widths:
                 if channels is None:
-                    convs.append(UnprunableConv2d(in_channels, classes, kernel_size=3, padding=1))
+                    convs.append(unprunable(nn.Conv2d(in_channels, classes, kernel_size=3, padding=1)))
                 else:
                     convs.append(conv_bn_relu(in_channels, scaled(channels, width)))
                     in_channels = scaled(channels, width)

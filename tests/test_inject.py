@@ -49,6 +49,14 @@ def test_any_module_flagged_unprunable_is_left_alone():
     assert model[0] is conv and isinstance(model[1], MaskedConv)
 
 
+def test_unprunable_marks_a_conv_and_keeps_its_standard_type():
+    conv = acosp.unprunable(nn.Conv2d(4, 2, 1))
+    assert type(conv) is nn.Conv2d and conv.unprunable is True
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), conv)
+    SoftTopKPruner(final_sparsity=0.5).configure_model(model)
+    assert model[1] is conv and isinstance(model[0], MaskedConv)
+
+
 def test_configuring_twice_changes_nothing():
     model = configured()
     keys = list(model.state_dict())
