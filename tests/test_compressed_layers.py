@@ -16,7 +16,7 @@ from acosp.compress import (
     model_statistics,
     relative_error,
 )
-from acosp.compression.layers import CompressedConv2d
+from acosp.compression.layers import CompressedConv2d, channel_runs
 from acosp.pruner import SoftTopKPruner
 from model import build_model
 
@@ -157,13 +157,13 @@ def test_border_terms_follow_the_input_size_dtype_and_loaded_values():
             x = torch.randn(*shape, dtype=torch.float64)
             assert relative_error(model(x), precise(x)) < 1e-12
         layer = corrected[0]
-        assert layer._border_cache  # filled by the runs above
+        assert layer._cache  # filled by the runs above
         layer.load_state_dict(layer.state_dict())  # values loaded after the terms were cached
-        assert not layer._border_cache
+        assert not layer._cache
         layer(torch.randn(1, layer.in_channels, 9, 9))
-        assert layer._border_cache
+        assert layer._cache
         compressed.double()  # another dtype
-        assert not layer._border_cache
+        assert not layer._cache
 
 
 def test_a_state_dict_whose_wrapper_was_the_conv_itself_still_loads():
@@ -174,17 +174,62 @@ def test_a_state_dict_whose_wrapper_was_the_conv_itself_still_loads():
     assert torch.equal(layer.conv.weight, old["weight"]) and torch.equal(layer.constant_kernel, old["constant_kernel"])
 
 
-def test_a_few_extra_channels_become_zero_filters_of_a_plain_conv():
-    """SegNet with coupled masks keeps one unpooled constant channel per pair: computed, not copied in."""
+def wide_layer(index: list[int], width: int, filled: bool) -> CompressedConv2d:
+    layer = CompressedConv2d(3, len(index), 3, padding=1, out_width=width, filled=filled)
+    layer.out_index.copy_(torch.tensor(index))
+    if filled:
+        layer.out_fill.copy_(torch.randn(width))
+    return layer
+
+
+def scattered(layer: CompressedConv2d, x: torch.Tensor) -> torch.Tensor:
+    """What the masked network gives: the computed channels at their index, the others 0 or ``out_fill``."""
+    y = layer.conv(x)
+    fill = torch.zeros(layer.out_width) if layer.out_fill is None else layer.out_fill
+    full = fill.view(1, -1, 1, 1).expand(y.shape[0], -1, *y.shape[2:]).clone()
+    full[:, layer.out_index] = y
+    return full
+
+
+@pytest.mark.parametrize("filled", [False, True])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_the_wider_tensor_is_one_concatenation_of_few_runs_and_an_indexed_copy_of_many(filled, memory_format):
+    torch.manual_seed(0)
+    few = wide_layer([0, 1, 2, 4, 5, 6, 7, 8], 10, filled)  # runs: 3 computed, 1 other, 5 computed, 1 other
+    many = wide_layer(list(range(0, 24, 2)), 24, filled)  # 24 runs
+    assert channel_runs(few.out_index, 10) == [(True, 0, 3), (False, 3, 4), (True, 3, 8), (False, 9, 10)]
+    for layer, concatenated in ((few, True), (many, False)):
+        layer.to(memory_format=memory_format)
+        x = torch.randn(2, 3, 7, 9).to(memory_format=memory_format)
+        with torch.inference_mode():
+            y = layer(x)
+            assert (layer._runs(y) is not None) is concatenated
+            assert torch.equal(y, scattered(layer, x))
+            assert y.is_contiguous(memory_format=memory_format)
+        x.requires_grad_(True)  # fine-tuning a compressed network (fold_batchnorm=False) differentiates it
+        y = layer(x)
+        y.square().sum().backward()
+        expected_x = x.detach().clone().requires_grad_(True)
+        scattered(layer, expected_x).square().sum().backward()
+        assert torch.allclose(x.grad, expected_x.grad, atol=1e-5)
+        assert y.is_contiguous(memory_format=memory_format)
+
+
+def test_segnet_with_coupled_masks_concatenates_its_one_unpooled_constant_channel_per_pair():
+    """Each encoder/decoder pair keeps one pruned channel (what unpooling needs): a constant concatenated in."""
     arch, size = NETWORKS["segnet"]
     torch.manual_seed(0)
     x = torch.randn(2, 3, size, size)
     pruner = SoftTopKPruner(final_sparsity=0.875, coupled_masks=True)
     model = pruner.on_pruning_end(pruner.configure_model(random_batch_norm(build_model(arch)), x)).eval()
-    compressed = compress(model, x)
-    layers = compression_spec(compressed)["layers"]
-    padded = [entry for entry in layers.values() if "padded_channels" in entry]
-    assert padded and all(entry.get("out_width") is None for entry in padded)  # no copy into a wider tensor
-    assert "more as constants (zero filters)" in compression_report(compressed)
-    with torch.no_grad():
+    compressed = compress(model, x, channels_last=True)
+    wider = [module for module in compressed.modules() if getattr(module, "out_width", None)]
+    assert wider and all(module.out_width == module.out_channels + 1 for module in wider)
+    assert "written into" in compression_report(compressed)
+    with torch.inference_mode():
         assert relative_error(model(x), compressed(x)) < 1e-4
+        y = torch.randn(1, wider[0].out_channels, 5, 5).to(memory_format=torch.channels_last)
+        assert all(module._runs(y) is not None for module in wider)  # one concatenation each
+        model.double()
+        precise = compress(model, x.double())
+        assert relative_error(model(x.double()), precise(x.double())) < 1e-12

@@ -29,10 +29,6 @@ from acosp.compression.spec import SPEC_FORMAT, SPEC_VERSION, build_layer
 from acosp.compression.trace import Graph, Node, Value, tensors_in, trace
 from acosp.inject import MaskedConv, output_channel_weight, unwrap
 
-# A conv writes into a wider tensor by computing the other channels too (as constants) when they
-# are at most this fraction of its own: (wider - own) * _PADDING_SHARE <= own.
-_PADDING_SHARE = 4
-
 # Spread (max - min) allowed in a channel treated as a constant, relative to its magnitude.
 _CONSTANT_TOLERANCE = 1e-4
 
@@ -381,42 +377,19 @@ def _narrowed_conv(conv: nn.Module, kept: torch.Tensor, call: Node, flow: Channe
         fill = shift[out_layout]  # what BatchNorm makes of the channels this conv does not compute
     out_width = None
     out_index = None
-    padded = 0
     computed = len(kept_index)
     if not torch.equal(out_layout, kept_index):
         out_width = len(out_layout)
         out_index = torch.searchsorted(out_layout, kept_index)
-        if (out_width - computed) * _PADDING_SHARE <= computed:
-            # A few channels more (SegNet's one unpooled constant): zero filters whose bias is the value
-            # they stand for cost fewer passes than writing into a wider tensor, and leave a plain conv.
-            padded = out_width - computed
-            narrow, new_bias, folded = _padded(narrow, new_bias, folded, out_index, out_width, fill)
-            computed, out_width, out_index = out_width, None, None
     if transposed:
         narrow = narrow.transpose(0, 1)
     filled = out_width is not None and fill is not None and bool(fill.abs().max() > 0)
     has_bias = new_bias is not None
     entry = _conv_entry(conv, len(in_layout), computed, 1, has_bias, out_width, constant_input, filled)
-    if padded:
-        entry["padded_channels"] = padded
     new_bias = None if new_bias is None else new_bias.to(weight.dtype)
     kernel = folded.to(weight.dtype) if constant_input else None
     fill = fill.to(weight.dtype) if filled else None
     return _make_conv(entry, conv, narrow, new_bias, out_index, kernel, fill), entry
-
-
-def _padded(narrow, bias, folded, index, width, fill):
-    """Filters, bias and border kernel of a conv that computes all ``width`` channels, the others as constants."""
-    wide = narrow.new_zeros((width, *narrow.shape[1:]))
-    wide[index] = narrow
-    wide_bias = (torch.zeros(width, dtype=torch.float64) if fill is None else fill.clone()).double()
-    if bias is not None:
-        wide_bias[index] = bias.double()
-    elif fill is None:
-        wide_bias = None
-    wide_folded = folded.new_zeros((width, *folded.shape[1:]))
-    wide_folded[index] = folded
-    return wide, wide_bias, wide_folded
 
 
 def _conv_entry(conv, in_channels, out_channels, groups, bias, out_width, constant_input, filled=False) -> dict:

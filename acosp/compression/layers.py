@@ -17,6 +17,8 @@ head in eval mode), so that a compressed checkpoint does not carry its weights.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -100,6 +102,44 @@ def _scatter(output: torch.Tensor, index: torch.Tensor, width: int, fill: torch.
     return full.index_copy_(1, index, output)  # in place: one pass less over the wide tensor
 
 
+# Up to this many runs of computed and of other channels, the wider tensor is one concatenation of
+# the runs (one pass that writes it); with more (channels kept at random through a residual stream)
+# a fill and one indexed copy cost less than that many small copies.
+_MAX_RUNS = 8
+
+
+def channel_runs(index: torch.Tensor, width: int) -> list[tuple[bool, int, int]]:
+    """``[(computed, start, stop)]``: the runs of ``width`` channels, computed (at ``index``, increasing) or not.
+
+    For a computed run, start and stop count the computed channels; for the others, the wide tensor's.
+    """
+    computed = torch.zeros(width, dtype=torch.bool)
+    computed[index.cpu()] = True
+    runs, position, taken = [], 0, 0
+    for is_computed, group in itertools.groupby(computed.tolist()):
+        length = len(list(group))
+        start = taken if is_computed else position
+        runs.append((is_computed, start, start + length))
+        position += length
+        taken += length if is_computed else 0
+    return runs
+
+
+def _concatenate(output: torch.Tensor, runs: list, width: int) -> torch.Tensor:
+    """The wider tensor as one concatenation of slices of ``output`` and expanded constants."""
+    batch, _, *spatial = output.shape
+    parts = [
+        output[:, piece[0] : piece[1]] if isinstance(piece, tuple) else piece.expand(batch, -1, *spatial)
+        for piece in runs
+    ]
+    if torch.is_grad_enabled() and output.requires_grad:  # cat(out=) does not differentiate
+        return torch.cat(parts, 1).contiguous(memory_format=_memory_format(output))
+    full = torch.empty(
+        (batch, width, *spatial), dtype=output.dtype, device=output.device, memory_format=_memory_format(output)
+    )
+    return torch.cat(parts, 1, out=full)
+
+
 def _memory_format(tensor: torch.Tensor) -> torch.memory_format:
     if tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last) and not tensor.is_contiguous():
         return torch.channels_last
@@ -133,7 +173,7 @@ class _CompressedConv(nn.Module):
         self.register_buffer("out_fill", torch.zeros(out_width) if out_width is not None and filled else None)
         kernel = torch.zeros(out_channels, *self.conv.kernel_size) if constant_input else None
         self.register_buffer("constant_kernel", kernel)
-        self._border_cache: dict = {}
+        self._cache: dict = {}
 
     def __getattr__(self, name: str):
         if name in _CONV_ATTRIBUTES:  # read like the conv it wraps: in_channels, weight, ...
@@ -141,11 +181,11 @@ class _CompressedConv(nn.Module):
         return super().__getattr__(name)
 
     def _apply(self, fn, recurse=True):
-        self._border_cache = {}  # device, dtype or values may change
+        self._cache = {}  # device, dtype or values may change
         return super()._apply(fn, recurse)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        self._border_cache = {}
+        self._cache = {}
         for key in ("weight", "bias"):  # compressed checkpoints from when this layer was the conv itself
             if prefix + key in state_dict and prefix + "conv." + key not in state_dict:
                 state_dict[prefix + "conv." + key] = state_dict.pop(prefix + key)
@@ -154,7 +194,31 @@ class _CompressedConv(nn.Module):
     def _wider(self, y: torch.Tensor) -> torch.Tensor:
         if self.out_width is None:
             return y
-        return _scatter(y, self.out_index, self.out_width, self.out_fill)
+        runs = self._runs(y)
+        if runs is None:
+            return _scatter(y, self.out_index, self.out_width, self.out_fill)
+        return _concatenate(y, runs, self.out_width)
+
+    def _runs(self, y: torch.Tensor) -> list | None:
+        """The pieces of the wider tensor, or None where they are too many; once per dtype and device.
+
+        A piece is a ``(start, stop)`` slice of the computed channels or a ``[1, n, 1, 1]`` tensor of
+        the values of n other channels. A tracer or compiler that records the forward pass before any
+        eager call records the indexed copy (finding the runs reads the index as Python numbers).
+        """
+        key = ("runs", y.dtype, y.device, y.dim())
+        if key in self._cache:
+            return self._cache[key]
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return None
+        runs = channel_runs(self.out_index, self.out_width)
+        pieces = None
+        if len(runs) <= _MAX_RUNS:
+            fill = self.out_fill if self.out_fill is not None else y.new_zeros(self.out_width)
+            fill = fill.to(y.dtype).view(1, -1, *[1] * (y.dim() - 2))
+            pieces = [(start, stop) if computed else fill[:, start:stop] for computed, start, stop in runs]
+        self._cache[key] = pieces
+        return pieces
 
     def extra_repr(self) -> str:
         text = []
@@ -192,12 +256,12 @@ class CompressedConv2d(_CompressedConv):
         """
         key = (input_size, tuple(y.shape[-2:]), y.dtype, y.device)
         recording = torch.jit.is_tracing() or torch.compiler.is_compiling()
-        terms = None if recording else self._border_cache.get(key)
+        terms = None if recording else self._cache.get(key)
         if terms is None:
             terms = border_terms(input_size, key[1], self.constant_kernel, self.conv, y.dtype)
             terms = [(region, addend.to(y.device)) for region, addend in terms]
             if not recording:
-                self._border_cache[key] = terms
+                self._cache[key] = terms
         return terms
 
 

@@ -74,9 +74,9 @@ def compression_report(compressed: nn.Module) -> str:
         if entry.get("out_width") is not None:
             lines.append(
                 f"{name}: computes {entry['out_channels']} of {entry['original_out_channels']} channels, written "
-                f"into {entry['out_width']} (what it feeds keeps channels that other layers compute)"
+                f"into {entry['out_width']} (what it feeds keeps channels that other layers compute, or constants)"
             )
-        elif entry.get("padded_channels"):
+        elif entry.get("padded_channels"):  # networks compressed when a few extra channels were zero filters
             lines.append(
                 f"{name}: computes {entry['out_channels'] - entry['padded_channels']} of "
                 f"{entry['original_out_channels']} channels, and {entry['padded_channels']} more as constants "
