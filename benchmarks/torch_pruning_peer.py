@@ -106,9 +106,12 @@ def torch_pruning_prune(plain: nn.Module, removed: dict[str, list[int]], example
     """
     import torch_pruning
 
-    network = copy.deepcopy(plain).eval()
+    # the graph is read off autograd, so the copy and the graph are made with gradients on, even
+    # inside no_grad or inference_mode
+    with torch.inference_mode(False), torch.enable_grad():
+        network = copy.deepcopy(plain).eval()
+        graph = torch_pruning.DependencyGraph().build_dependency(network, example_inputs=example.clone(), verbose=False)
     modules = dict(network.named_modules())
-    graph = torch_pruning.DependencyGraph().build_dependency(network, example_inputs=example, verbose=False)
     original = {name: modules[name].out_channels for name in removed}
     for name, channels in removed.items():
         conv = modules[name]

@@ -163,3 +163,26 @@ def test_tool_test_scores_a_compressed_checkpoint_as_the_masked_one(experiment, 
             for name in ("masked", "compressed")
         )
         assert (masked_gray == compressed_gray).mean() > 0.99
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_torch_pruning_peer_prunes_inside_no_grad_and_inference_mode(context):
+    """The benchmark re-checks Torch-Pruning's network in float64 under no_grad; its graph needs autograd."""
+    pytest.importorskip("torch_pruning")
+    from benchmarks import torch_pruning_peer
+
+    masked, _ = pruned(TINY_SEGNET, 0.75)
+    removed = torch_pruning_peer.pruned_channels(masked)
+    plain = torch_pruning_peer.plain_copy(masked)
+    with context():
+        x = torch.randn(1, 3, 32, 32)
+        peer = torch_pruning_peer.torch_pruning_prune(plain, removed, x)
+        claimed = torch_pruning_peer.zeroed(plain, removed, x)(x)
+        output = peer(x)
+    narrowed = {
+        name: (masked.get_submodule(name)[0].out_channels - len(channels), peer.get_submodule(name).out_channels)
+        for name, channels in removed.items()
+        if channels
+    }
+    assert narrowed and all(expected == width for expected, width in narrowed.values()), narrowed
+    assert output.shape == claimed.shape

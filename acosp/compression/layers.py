@@ -5,8 +5,9 @@ A narrowed conv may have to
 - fold the pruned channels of its input, which are constants, into its output: exact in the bias
   where every tap of the kernel sees the image, plus a correction on the border rows and columns
   where taps fall on the zero padding (``constant_kernel`` holds the summed constant per tap);
-- write its few computed channels into a wider tensor (``out_index`` into ``out_width`` channels),
-  when the residual sum it feeds keeps channels that other branches computed.
+- write its computed channels into a wider tensor (``out_index`` into ``out_width`` channels),
+  when the residual sum it feeds keeps channels that other branches computed, or later layers
+  need a pruned channel's constant (SegNet's unpooling, with coupled masks).
 
 Both kinds hold the conv itself as a plain ``nn.Conv2d`` / ``nn.ConvTranspose2d`` (``.conv``), so
 that tools which recognise layers by their exact type count and quantise it.
