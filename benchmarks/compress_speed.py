@@ -215,6 +215,8 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.device == "cuda":
+        torch.backends.cudnn.benchmark = True  # the warm-up runs pick each conv's fastest kernel, as in training
     warnings.simplefilter("ignore", UserWarning)  # the float32/float64 note of compress: shown in "error"
     for name in args.networks:
         benchmark(name, args)
