@@ -42,7 +42,7 @@ def masked_amp_step(device: torch.device) -> None:
     model = pruner.configure_model(build_model({"arch": "resnet18", "classes": 10, "width": 0.25})).to(device)
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    scaler = torch.amp.GradScaler(device.type, init_scale=1024.0, enabled=amp)  # 2**16 overflows step one
     x = torch.randn(4, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (4,), device=device)
     with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
