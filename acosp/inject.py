@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
+from acosp import mask_bank
 from acosp.masks import ChannelMask, SigmoidSoftTopK, num_kept_channels, rounded_up
 
 PRUNABLE_TYPES = (nn.Conv2d, nn.ConvTranspose2d)
@@ -40,8 +41,17 @@ class MaskedConv(nn.Sequential):
     or extra arguments take the literal route, ``mask_layer(conv(x))``.
     """
 
+    # (mask, scaled filters, scaled bias) that acosp.mask_bank computed for all layers together
+    # while the network trains; None otherwise.
+    prepared: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
+
     def __init__(self, conv: nn.Module, mask: nn.Module):
         super().__init__(conv, mask)
+
+    def takes_prepared_filters(self) -> bool:
+        """Whether a plain conv whose filters acosp.mask_bank can scale (output channels first)."""
+        conv = self[0]
+        return type(conv).forward is nn.Conv2d.forward and not (conv._forward_hooks or conv._forward_pre_hooks)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         conv, mask_layer = self[0], self[1]
@@ -51,10 +61,11 @@ class MaskedConv(nn.Sequential):
         transposed = forward is nn.ConvTranspose2d.forward and conv.padding_mode == "zeros"
         if forward is not nn.Conv2d.forward and not transposed:
             return mask_layer(conv(x))
-        scale = mask_layer.channel_scale()
+        prepared = self.prepared
+        scale = mask_layer.channel_scale() if prepared is None else prepared[0]
         if _output_is_smaller_than_weight(conv, x):
             return conv(x) * scale.to(x.dtype).reshape(1, -1, *([1] * (x.dim() - 2)))
-        weight, bias = _scaled_parameters(conv, scale)
+        weight, bias = _scaled_parameters(conv, scale) if prepared is None else prepared[1:]
         if transposed:
             return nn.functional.conv_transpose2d(
                 x, weight, bias, conv.stride, conv.padding, conv.output_padding, conv.groups, conv.dilation
@@ -137,6 +148,8 @@ def inject_soft_masks(
                 visit(child)
 
     visit(network)
+    if wrapped:
+        mask_bank.attach(network)
     return _rewrapped_if_changed(model, bool(wrapped))
 
 

@@ -183,6 +183,11 @@ class ChannelMask(nn.Module):
     def k(self) -> int:
         return int((self.mask > 0.5).sum())
 
+    @property
+    def kept(self) -> torch.Tensor:
+        """Which channels stay, as a boolean tensor on the CPU, where compression does its bookkeeping."""
+        return (self.mask > 0.5).cpu()
+
     def channel_scale(self) -> torch.Tensor:
         return self.mask
 

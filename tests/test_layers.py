@@ -23,7 +23,7 @@ def test_import_acosp_and_a_pruned_training_setup_load_only_the_core():
         "pruner.collect_logs(None, model, 0)\n"
         "acosp.stats.format_kept_channels(acosp.soft_to_hard_k(model))"
     )
-    assert loaded == {"acosp", "acosp.inject", "acosp.masks", "acosp.pruner", "acosp.stats"}
+    assert loaded == {"acosp", "acosp.inject", "acosp.mask_bank", "acosp.masks", "acosp.pruner", "acosp.stats"}
 
 
 def test_acosp_compress_is_reached_from_the_package_and_loads_the_compression_layer():

@@ -430,7 +430,7 @@ class ChannelFlow:
                 raise ValueError(
                     f"layer '{node.name}' has a soft mask: call acosp.inject.soft_to_hard_k(model) before compressing"
                 )
-            self._conv(node, module.conv, mask.mask > 0.5)
+            self._conv(node, module.conv, mask.kept)
         elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
             self._conv(node, module, torch.ones(module.out_channels, dtype=torch.bool))
         elif isinstance(module, nn.Linear):

@@ -237,7 +237,7 @@ def _narrowed(
     """The narrowed replacement of one layer (with ``norm`` folded in) and its spec entry; None: it stays."""
     source, output = call.inputs[0], call.outputs[0]
     if isinstance(module, MaskedConv):
-        return _narrowed_conv(module.conv, module.mask_layer.mask > 0.5, call, flow, norm)
+        return _narrowed_conv(module.conv, module.mask_layer.kept, call, flow, norm)
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
         kept = torch.ones(module.out_channels, dtype=torch.bool)
         if flow.required[source.index].all() and flow.required[output.index].all() and norm is None:
