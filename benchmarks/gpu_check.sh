@@ -110,13 +110,13 @@ compress() {
 }
 compress half 1
 compress float 1
+compress half "$big_batch"
+compress float "$big_batch"
 # shellcheck disable=SC2086
 step 4_device_agreement 120 "$PYTHON" benchmarks/device_agreement.py --devices cpu "$device" \
     --folder "$log/device_agreement" $agreement
 # shellcheck disable=SC2086
 step 5_sliding_window 60 "$PYTHON" benchmarks/sliding_window_speed.py --device "$device" $window
-compress half "$big_batch"
-compress float "$big_batch"
 # the float32 memory of the docs' table: PSPNet50 at 2 images per GPU, CamVid's SegNet at 8
 step 2_memory_float32_pspnet50 45 "$PYTHON" benchmarks/train_step_overhead.py --device "$device" --float32 \
     --networks PSPNet50 --sizes "$psp_crop" --batch 2 --pairs "$memory_pairs"
