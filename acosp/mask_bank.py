@@ -23,11 +23,13 @@ from torch import nn
 from acosp.masks import MIN_STD, ChannelMask, SigmoidSoftTopK
 
 _HOOKED = "_acosp_mask_bank"
+# Autograd through the foreach operations arrived in torch 2.1; older releases keep the per-layer path.
+_SUPPORTED = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 1)
 
 
 def attach(network: nn.Module) -> None:
     """Let ``network`` prepare its masks batched while it trains (once; a no-op when attached already)."""
-    if getattr(network, _HOOKED, False):
+    if not _SUPPORTED or getattr(network, _HOOKED, False):
         return
     network.register_forward_pre_hook(_prepare)
     network.register_forward_hook(_release, always_call=True)
