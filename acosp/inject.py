@@ -42,8 +42,9 @@ class MaskedConv(nn.Sequential):
     """
 
     # (mask, scaled filters, scaled bias) that acosp.mask_bank computed for all layers together
-    # while the network trains; None otherwise.
-    prepared: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
+    # while the network trains (filters None where the last call multiplied the output); None otherwise.
+    prepared: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None] | None = None
+    scales_filters = True  # whether the last call scaled the filters rather than the output
 
     def __init__(self, conv: nn.Module, mask: nn.Module):
         super().__init__(conv, mask)
@@ -63,9 +64,15 @@ class MaskedConv(nn.Sequential):
             return mask_layer(conv(x))
         prepared = self.prepared
         scale = mask_layer.channel_scale() if prepared is None else prepared[0]
-        if _output_is_smaller_than_weight(conv, x):
+        scales_filters = not _output_is_smaller_than_weight(conv, x)
+        if scales_filters != self.scales_filters:
+            self.scales_filters = scales_filters
+        if not scales_filters:
             return conv(x) * scale.to(x.dtype).reshape(1, -1, *([1] * (x.dim() - 2)))
-        weight, bias = _scaled_parameters(conv, scale) if prepared is None else prepared[1:]
+        if prepared is None or prepared[1] is None:
+            weight, bias = _scaled_parameters(conv, scale)
+        else:
+            weight, bias = prepared[1:]
         if transposed:
             return nn.functional.conv_transpose2d(
                 x, weight, bias, conv.stride, conv.padding, conv.output_padding, conv.groups, conv.dilation

@@ -6,13 +6,15 @@ and applies a sigmoid, and every masked conv scales its filters, about twenty sm
 layer forward and as many backward. Measured on an H200 (AMP, batch 8, 473x473), that made a
 soft-masked step 2.1 times as long as a dense one although the GPU work barely grew.
 
-So, while a masked network trains, a forward pre-hook on the network computes the soft masks of
-all layers at once (their logits padded into one matrix, one row per mask) and scales the filters
-of all masked convs with one ``torch._foreach_mul``; each ``MaskedConv`` then finds its scaled
+So, while a network with soft masks trains, a forward pre-hook on the network computes the soft
+masks of all layers at once (their logits padded into one matrix, one row per mask) and scales the
+filters of their convs with one ``torch._foreach_mul`` (only of the convs whose last call scaled
+filters rather than multiplied a smaller output); each ``MaskedConv`` then finds its mask and
 filters ready. A forward hook that runs even when the forward pass fails removes them again. The
 rows compute what ``acosp.masks.sigmoid_soft_top_k`` computes per layer, up to float rounding.
 
-Evaluation, tracing, scripting, compiling and layers called on their own take the per-layer path.
+Hard masks, evaluation, tracing, scripting, compiling and layers called on their own take the
+per-layer path: a hard mask computes nothing, and scaling its filters together measured no faster.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from acosp.masks import MIN_STD, ChannelMask, SigmoidSoftTopK
+from acosp.masks import MIN_STD, SigmoidSoftTopK
 
 _HOOKED = "_acosp_mask_bank"
 # Autograd through the foreach operations arrived in torch 2.1; older releases keep the per-layer path.
@@ -54,35 +56,45 @@ def _masked_convs(network: nn.Module) -> list[nn.Module]:
 def _prepare(network: nn.Module, args) -> None:
     if not _in_use(network):
         return
-    convs = [conv for conv in _masked_convs(network) if conv.takes_prepared_filters()]
+    convs = [
+        conv
+        for conv in _masked_convs(network)
+        if isinstance(conv.mask_layer, SigmoidSoftTopK) and conv.takes_prepared_filters()
+    ]
     if not convs:
         return
-    masks = list({id(conv.mask_layer): conv.mask_layer for conv in convs}.values())
-    soft = [mask for mask in masks if isinstance(mask, SigmoidSoftTopK)]
-    scales = {id(mask): mask.mask for mask in masks if isinstance(mask, ChannelMask)}
-    if soft:
-        values = soft_top_k_rows(soft)
-        with torch.no_grad():
-            torch._foreach_copy_([mask.mask for mask in soft], [value.detach() for value in values])
-        scales.update((id(mask), value) for mask, value in zip(soft, values))
+    soft = list({id(conv.mask_layer): conv.mask_layer for conv in convs}.values())  # a shared mask once
+    values = soft_top_k_rows(soft)
+    with torch.no_grad():
+        torch._foreach_copy_([mask.mask for mask in soft], [value.detach() for value in values])
+    scales = {id(mask): value for mask, value in zip(soft, values)}
     by_conv = [scales[id(conv.mask_layer)] for conv in convs]
-    weights = [conv.conv.weight for conv in convs]
-    if any(weight.dtype != weights[0].dtype for weight in weights):  # one cast each
-        flat = [scale.to(weight.dtype) for scale, weight in zip(by_conv, weights)]
+    # Filters only for the convs whose last call scaled them: the others multiply their (smaller) output.
+    filtered = [index for index, conv in enumerate(convs) if conv.scales_filters]
+    weights, biases = [None] * len(convs), [None] * len(convs)
+    if filtered:
+        _scale_filters([convs[i].conv for i in filtered], [by_conv[i] for i in filtered], filtered, weights, biases)
+    for conv, scale, weight, bias in zip(convs, by_conv, weights, biases):
+        conv.prepared = (scale, weight, bias)
+
+
+def _scale_filters(convs: list[nn.Module], scales: list[torch.Tensor], slots: list[int], weights: list, biases: list):
+    """Into ``weights[slot]`` and ``biases[slot]``: each conv's filters and bias times its mask, all at once."""
+    filters = [conv.weight for conv in convs]
+    if any(weight.dtype != filters[0].dtype for weight in filters):  # one cast each
+        flat = [scale.to(weight.dtype) for scale, weight in zip(scales, filters)]
         filter_scales = [scale.view(-1, 1, 1, 1) for scale in flat]
     else:  # one concatenation, two splits: shaped for the filters and for the biases
-        joined = torch.cat(by_conv).to(weights[0].dtype)
-        sizes = [len(scale) for scale in by_conv]
+        joined = torch.cat(scales).to(filters[0].dtype)
+        sizes = [len(scale) for scale in scales]
         flat, filter_scales = joined.split(sizes), joined.view(-1, 1, 1, 1).split(sizes)
-    scaled_weights = torch._foreach_mul(weights, list(filter_scales))
-    with_bias = [index for index, conv in enumerate(convs) if conv.conv.bias is not None]
-    biases = [None] * len(convs)
+    for slot, weight in zip(slots, torch._foreach_mul(filters, list(filter_scales))):
+        weights[slot] = weight
+    with_bias = [index for index, conv in enumerate(convs) if conv.bias is not None]
     if with_bias:
-        scaled = torch._foreach_mul([convs[i].conv.bias for i in with_bias], [flat[i] for i in with_bias])
+        scaled = torch._foreach_mul([convs[i].bias for i in with_bias], [flat[i] for i in with_bias])
         for index, bias in zip(with_bias, scaled):
-            biases[index] = bias
-    for conv, scale, weight, bias in zip(convs, by_conv, scaled_weights, biases):
-        conv.prepared = (scale, weight, bias)
+            biases[slots[index]] = bias
 
 
 def _release(network: nn.Module, args, output) -> None:

@@ -57,13 +57,10 @@ def per_layer_copy(model: nn.Module) -> nn.Module:
     return twin
 
 
-@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
-def test_a_training_step_matches_the_per_layer_path(hard):
+def test_a_training_step_matches_the_per_layer_path():
     torch.manual_seed(0)
     pruner = SoftTopKPruner(final_sparsity=0.5, min_remaining_elements=2)
     model = pruner.configure_model(build_model({"arch": "segnet", "classes": 5, "width": 0.125})).train()
-    if hard:
-        model = soft_to_hard_k(model)
     twin = per_layer_copy(model)
     x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 5, (2, 32, 32))
     for network in (model, twin):
@@ -94,6 +91,27 @@ def test_masks_are_prepared_only_for_a_training_step_and_released_after_it():
     assert prepared_during_forward(model.eval(), x) == [None]
     with torch.no_grad():
         assert prepared_during_forward(model.train(), x) == [None]
+
+
+def test_hard_masks_are_applied_layer_by_layer():
+    model = SoftTopKPruner(final_sparsity=0.5, min_remaining_elements=2).configure_model(SmallCNN())
+    model = soft_to_hard_k(model).train()
+    assert prepared_during_forward(model, torch.randn(2, 3, 8, 8)) == [None]
+
+
+def test_a_conv_that_multiplied_its_smaller_output_gets_no_scaled_filters_next_step():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(64, 64, 3, padding=1)  # 36864 filter weights against 2 x 64 x 2 x 2 = 512 outputs
+    model = SoftTopKPruner(final_sparsity=0.5, min_remaining_elements=2).configure_model(nn.Sequential(conv)).train()
+    masked = model[0]
+    x = torch.randn(2, 64, 2, 2)
+    seen = []
+    masked.register_forward_pre_hook(lambda module, args: seen.append(module.prepared))
+    first, second = model(x), model(x)
+    assert seen[0][1] is not None and seen[1][1] is None and seen[1][0] is not None
+    assert not masked.scales_filters
+    torch.testing.assert_close(second, per_layer_copy(model)(x))
+    torch.testing.assert_close(first, second)
 
 
 def test_a_forward_pass_that_fails_releases_the_prepared_masks_too():
