@@ -25,6 +25,7 @@ from torch import nn
 from acosp.masks import MIN_STD, SigmoidSoftTopK
 
 _HOOKED = "_acosp_mask_bank"
+_PREPARED = "_acosp_prepared_convs"
 # Autograd through the foreach operations arrived in torch 2.1; older releases keep the per-layer path.
 _SUPPORTED = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 1)
 
@@ -76,18 +77,20 @@ def _prepare(network: nn.Module, args) -> None:
         _scale_filters([convs[i].conv for i in filtered], [by_conv[i] for i in filtered], filtered, weights, biases)
     for conv, scale, weight, bias in zip(convs, by_conv, weights, biases):
         conv.prepared = (scale, weight, bias)
+    network.__dict__[_PREPARED] = convs  # what _release clears, without walking the network again
 
 
 def _scale_filters(convs: list[nn.Module], scales: list[torch.Tensor], slots: list[int], weights: list, biases: list):
-    """Into ``weights[slot]`` and ``biases[slot]``: each conv's filters and bias times its mask, all at once."""
+    """Into ``weights[slot]`` and ``biases[slot]``: each conv's filters and bias times its mask, all at once.
+
+    Filters of several dtypes are left to the convs themselves (their slots stay None).
+    """
     filters = [conv.weight for conv in convs]
-    if any(weight.dtype != filters[0].dtype for weight in filters):  # one cast each
-        flat = [scale.to(weight.dtype) for scale, weight in zip(scales, filters)]
-        filter_scales = [scale.view(-1, 1, 1, 1) for scale in flat]
-    else:  # one concatenation, two splits: shaped for the filters and for the biases
-        joined = torch.cat(scales).to(filters[0].dtype)
-        sizes = [len(scale) for scale in scales]
-        flat, filter_scales = joined.split(sizes), joined.view(-1, 1, 1, 1).split(sizes)
+    if any(weight.dtype != filters[0].dtype for weight in filters):
+        return
+    joined = torch.cat(scales).to(filters[0].dtype)  # one concatenation, two splits: for filters and biases
+    sizes = [len(scale) for scale in scales]
+    flat, filter_scales = joined.split(sizes), joined.view(-1, 1, 1, 1).split(sizes)
     for slot, weight in zip(slots, torch._foreach_mul(filters, list(filter_scales))):
         weights[slot] = weight
     with_bias = [index for index, conv in enumerate(convs) if conv.bias is not None]
@@ -98,7 +101,7 @@ def _scale_filters(convs: list[nn.Module], scales: list[torch.Tensor], slots: li
 
 
 def _release(network: nn.Module, args, output) -> None:
-    for conv in _masked_convs(network):
+    for conv in network.__dict__.pop(_PREPARED, ()):
         conv.prepared = None
 
 
