@@ -250,19 +250,45 @@ def _refuse_stale_wrapper(module: nn.Module, args) -> None:
     )
 
 
-def soft_to_hard_k(model: nn.Module, round_to: int = 1) -> nn.Module:
-    """Replace every soft mask by the hard mask of its top-k logits; returns the model.
+def soft_to_hard_k(model: nn.Module, round_to: int = 1, selection: str = "logits") -> nn.Module:
+    """Replace every soft mask by the hard mask of its top-k channels; returns the model.
 
-    ``round_to`` > 1 rounds each layer's k up to a multiple of it (at most the layer's width), for
+    ``selection`` ranks the channels: ``"logits"`` by the mask's logits (ACoSP), ``"l1"`` by the L1
+    norm of each output channel's filter (summed over the convs that share the mask). ``round_to``
+    > 1 rounds each layer's k up to a multiple of it (at most the layer's width), for
     hardware-friendly widths after ``acosp.compress``. Works before any training step. For a
     ``DistributedDataParallel`` model a new wrapper is returned (all ranks must call this
     together): use ``model = soft_to_hard_k(model)``.
     """
     rounded_up(1, round_to, 1)  # validates round_to
-    return _replace_modules(
-        model,
-        lambda child: ChannelMask.from_soft(child, round_to) if isinstance(child, SigmoidSoftTopK) else None,
-    )
+    if selection not in ("logits", "l1"):
+        raise ValueError(f"selection must be logits or l1, got {selection!r}")
+    scores = filter_l1_norms(model) if selection == "l1" else {}
+
+    def harden(child: nn.Module) -> nn.Module | None:
+        if not isinstance(child, SigmoidSoftTopK):
+            return None
+        return ChannelMask.from_soft(child, round_to, scores.get(id(child)))
+
+    return _replace_modules(model, harden)
+
+
+@torch.no_grad()
+def filter_l1_norms(model: nn.Module) -> dict[int, torch.Tensor]:
+    """``id(soft mask) -> [channels]`` L1 norms of the filters behind each output channel of its conv(s)."""
+    norms: dict[int, torch.Tensor] = {}
+    for _, module in unwrap(model).named_modules():
+        if isinstance(module, MaskedConv) and isinstance(module.mask_layer, SigmoidSoftTopK):
+            conv = module.conv
+            weight = conv.weight.detach().float().abs()
+            if isinstance(conv, nn.ConvTranspose2d):  # [in, out / groups, kh, kw]
+                per_group = weight.reshape(conv.groups, conv.in_channels // conv.groups, *weight.shape[1:])
+                norm = per_group.sum(dim=(1, *range(3, per_group.dim()))).reshape(-1)
+            else:
+                norm = weight.reshape(weight.shape[0], -1).sum(1)
+            key = id(module.mask_layer)
+            norms[key] = norms[key] + norm if key in norms else norm
+    return norms
 
 
 def output_channel_weight(conv: nn.Module, per_channel: torch.Tensor) -> torch.Tensor:

@@ -164,15 +164,17 @@ class ChannelMask(nn.Module):
         self.register_buffer("mask", mask.detach().clone().float())
 
     @classmethod
-    def from_soft(cls, soft: SigmoidSoftTopK, round_to: int = 1) -> ChannelMask:
-        """Exactly the ``k`` channels with the largest logits (ties broken by ``torch.topk``).
+    def from_soft(cls, soft: SigmoidSoftTopK, round_to: int = 1, scores: torch.Tensor | None = None) -> ChannelMask:
+        """Exactly the ``k`` channels with the largest logits, or ``scores`` if given (ties broken by ``torch.topk``).
 
         With ``round_to`` > 1, ``k`` is first rounded up to a multiple of it (at most all channels),
         for widths that suit the hardware; the next-best channels fill the difference.
         """
-        logits = soft.weight.detach().float()
-        mask = torch.zeros_like(logits)
-        mask[torch.topk(logits, rounded_up(soft.k, round_to, logits.numel())).indices] = 1.0
+        ranking = (soft.weight if scores is None else scores).detach().float().to(soft.weight.device)
+        if ranking.shape != soft.weight.shape:
+            raise ValueError(f"{soft.num_channels} channels need as many scores, got shape {tuple(ranking.shape)}")
+        mask = torch.zeros_like(ranking)
+        mask[torch.topk(ranking, rounded_up(soft.k, round_to, ranking.numel())).indices] = 1.0
         return cls(mask)
 
     @property

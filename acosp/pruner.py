@@ -22,7 +22,12 @@ _STATE_KEYS = (
     "finished",
     "round_to",
     "coupled_masks",
+    "selection",
 )
+
+SELECTIONS = ("logits", "l1")
+"""How hard masks choose their channels: the learned logits (ACoSP), or the filters' L1 norms
+(Li et al., "Pruning Filters for Efficient ConvNets": the network trains dense until pruning ends)."""
 
 
 def annealed_temperature(
@@ -61,6 +66,7 @@ class SoftTopKPruner:
         finished: bool = False,
         round_to: int = 1,
         coupled_masks: bool = False,
+        selection: str = "logits",
     ):
         if not 0.0 <= final_sparsity < 1.0:
             raise ValueError(f"final_sparsity must lie in [0, 1), got {final_sparsity}")
@@ -70,6 +76,8 @@ class SoftTopKPruner:
             raise ValueError(f"ending_epoch ({ending_epoch}) must not come before starting_epoch ({starting_epoch})")
         if not (initial_temp > 0 and final_temp > 0):
             raise ValueError(f"temperatures must be positive, got initial_temp={initial_temp}, final_temp={final_temp}")
+        if selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
         if int(min_remaining_elements) != min_remaining_elements or min_remaining_elements < 0:
             raise ValueError(f"min_remaining_elements must be a non-negative integer, got {min_remaining_elements}")
         self.starting_epoch = int(starting_epoch)
@@ -87,11 +95,14 @@ class SoftTopKPruner:
         self.round_to = int(round_to)
         # Convs whose outputs are summed share one mask (acosp.compress.coupled_groups): residual streams narrow too.
         self.coupled_masks = bool(coupled_masks)
+        self.selection = selection
+        self._groups: list[list[str]] = []  # the coupled groups configure_model found, for on_pruning_end
 
     @property
     def adds_masks(self) -> bool:
-        """Whether ``configure_model`` masks the network: false only for a dense run (inactive, never finished)."""
-        return self.active or self.finished
+        """Whether ``configure_model`` masks the network: not for a dense run (inactive, never finished),
+        nor for L1 selection before pruning ends (the network trains dense until then)."""
+        return self.finished or (self.active and self.selection == "logits")
 
     def temperature(self, epoch: float) -> float:
         """The temperature the masks get after training epoch ``epoch``."""
@@ -106,7 +117,7 @@ class SoftTopKPruner:
         on its device) to find the convs whose outputs are combined channel by channel; each such
         group gets one mask.
         """
-        if not self.adds_masks:
+        if not (self.active or self.finished):
             return model
         groups = []
         if self.coupled_masks:
@@ -118,15 +129,21 @@ class SoftTopKPruner:
             from acosp.compression.coupling import coupled_groups  # the compression layer traces the network
 
             groups = coupled_groups(model, example_input)
-        model = inject.inject_soft_masks(
+        self._groups = [list(group) for group in groups]
+        if not self.adds_masks:
+            return model  # L1 selection: the masks come when pruning ends
+        model = self._inject(model)
+        return inject.soft_to_hard_k(model, self.round_to, self.selection) if self.finished else model
+
+    def _inject(self, model: nn.Module) -> nn.Module:
+        return inject.inject_soft_masks(
             model,
             self.final_sparsity,
             min_remaining_elements=self.min_remaining_elements,
-            learnable_weights=self.learnable_weights,
+            learnable_weights=self.learnable_weights and self.selection == "logits",
             temperature=self.initial_temp,
-            groups=groups,
+            groups=self._groups,
         )
-        return inject.soft_to_hard_k(model, self.round_to) if self.finished else model
 
     def update_mask_layers(self, model: nn.Module, epoch: int) -> None:
         """Set every soft mask to the temperature of ``epoch``."""
@@ -137,8 +154,14 @@ class SoftTopKPruner:
             mask.set_temperature(temperature)
 
     def on_pruning_end(self, model: nn.Module) -> nn.Module:
-        """Harden the masks and stop pruning; returns the model (a new wrapper for DDP)."""
-        model = inject.soft_to_hard_k(model, self.round_to)
+        """Harden the masks and stop pruning; returns the model (a new wrapper for DDP).
+
+        With L1 selection the dense network gets its masks here, each keeping the k filters of
+        largest L1 norm.
+        """
+        if self.selection == "l1":
+            model = self._inject(model)
+        model = inject.soft_to_hard_k(model, self.round_to, self.selection)
         self.active = False
         self.finished = True
         return model
@@ -158,13 +181,15 @@ class SoftTopKPruner:
         return {key: getattr(self, key) for key in _STATE_KEYS}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        state = {"finished": False, "round_to": 1, "coupled_masks": False, **state}
+        state = {"finished": False, "round_to": 1, "coupled_masks": False, "selection": "logits", **state}
         missing = [key for key in _STATE_KEYS if key not in state]
         unknown = [key for key in state if key not in _STATE_KEYS]
         if missing or unknown:
             raise ValueError(f"not a SoftTopKPruner state: missing keys {missing}, unknown keys {unknown}")
+        groups = self._groups
         restored = SoftTopKPruner(**state)
         self.__dict__.update(restored.__dict__)
+        self._groups = groups
 
     def __repr__(self) -> str:
         settings = ", ".join(f"{key}={getattr(self, key)!r}" for key in _STATE_KEYS)

@@ -165,7 +165,8 @@ def test_missing_file_is_a_config_error(tmp_path):
         (["scale_min", "3"], "need 0 < scale_min <= scale_max"),
         (["lr_schedule", "step"], "lr_schedule must be poly or cosine"),
         (["sparsity", "0.5", "ending_epoch", "30"], "ending_epoch \\(30\\) is after the last epoch \\(20\\)"),
-        (["starting_epoch", "10"], "starting_epoch \\(10\\) must come before ending_epoch \\(10\\)"),
+        (["starting_epoch", "11"], "starting_epoch \\(11\\) must not come after ending_epoch \\(10\\)"),
+        (["selection", "l2"], "selection must be one of logits, l1, got 'l2'"),
         (["keep_checkpoints", "0"], "keep_checkpoints must be at least 1 or null"),
         (["std", "[1.0, 0, 1.0]"], "std must be positive"),
         (["mean", "[1.0, 2.0]"], "mean must have 3 values"),
@@ -258,13 +259,18 @@ def test_every_dataset_and_network_is_shipped_dense_and_at_four_sparsities():
     for experiment in ("ade20k/ade20k_pspnet50", "voc2012/voc2012_pspnet50", "cityscapes/cityscapes_pspnet50"):
         for suffix in ("", "_0.5", "_0.75", "_0.875", "_0.9375"):
             assert f"{experiment}{suffix}.yaml" in names
-    for experiment in ("cityscapes/cityscapes_segnet", "camvid/camvid_segnet", "camvid/camvid_segnet_cpu"):
+    for experiment in (
+        "cityscapes/cityscapes_segnet",
+        "camvid/camvid_segnet",
+        "camvid/camvid_segnet_cpu",
+        "camvid/camvid_segnet_cpu_study",
+    ):
         for suffix in ("", "_0.5", "_0.75", "_0.875", "_0.9375"):
             assert f"{experiment}{suffix}.yaml" in names
     for suffix in ("", "_0.5", "_0.75", "_0.875", "_0.9375"):
         assert f"cifar10/cifar10_resnet18{suffix}.yaml" in names
         assert f"shapes/shapes_segnet{suffix}.yaml" in names
-    assert len(names) == 40
+    assert len(names) == 45
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda path: path.stem)

@@ -137,6 +137,37 @@ def test_test_py_writes_predictions_and_a_csv_that_matches_the_pngs(experiment, 
     check_csv_against_pngs(folder, experiment)
 
 
+def publication_camvid_scores(pairs, classes=CLASSES):
+    """The publication's CamVid scoring, restated: void (here 255) as the label value ``classes``,
+    histogrammed into ``classes`` bins whose last one is closed."""
+    edges = np.arange(classes + 1)
+    intersection, union, target = np.zeros(classes), np.zeros(classes), np.zeros(classes)
+    for prediction, label in pairs:
+        prediction, label = prediction.ravel().astype(np.int64), label.ravel().astype(np.int64)
+        label = np.where(label == 255, classes, label)
+        area_intersection = np.histogram(prediction[prediction == label], bins=edges)[0]
+        area_output, area_target = np.histogram(prediction, bins=edges)[0], np.histogram(label, bins=edges)[0]
+        intersection += area_intersection
+        union += area_output + area_target - area_intersection
+        target += area_target
+    return np.mean(intersection / union), np.mean(intersection / target), intersection.sum() / target.sum()
+
+
+def test_void_as_last_class_also_writes_the_publications_camvid_scores_of_the_same_predictions(experiment, capsys):
+    assert run(experiment, "void_as_last_class", "true") == 0
+    folder = experiment / "exp" / "result" / "val" / "ss"
+    check_csv_against_pngs(folder, experiment)  # the usual scores are unchanged
+    rows = {row[0]: row[1:] for row in read_csv(folder / "metrics_void_as_last_class.csv")}
+    miou, macc, allacc = publication_camvid_scores(gray_and_labels(folder, experiment))
+    assert float(rows["mIoU"][0]) == pytest.approx(miou, abs=1e-6)
+    assert float(rows["mAcc"][1]) == pytest.approx(macc, abs=1e-6)
+    assert float(rows["allAcc"][1]) == pytest.approx(allacc, abs=1e-6)
+    usual = {row[0]: row[1:] for row in read_csv(folder / "metrics.csv")}
+    assert float(rows["mIoU"][0]) < float(usual["mIoU"][0])  # void pixels are never right
+    assert "the publication's CamVid metric" in capsys.readouterr().out
+    (folder / "metrics_void_as_last_class.csv").unlink()
+
+
 def test_index_start_and_index_step_select_a_slice(experiment):
     # img1 alone, with every label of class 2 turned into 255: class 2 may be absent
     assert run(experiment, "index_start", "1", "index_step", "1", "save_folder", str(experiment / "one")) == 0

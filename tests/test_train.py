@@ -274,3 +274,33 @@ def test_coupled_masks_keep_the_same_channels_in_segnets_unpooling_pairs(tmp_pat
     restored = torch.load(resumed / "final.pth", weights_only=True)["state_dict"]
     assert torch.equal(restored["enc2.1.0.1.mask"], restored["dec3.2.0.1.mask"])
     assert model_from_checkpoint(model_dir / "final.pth")(torch.randn(1, 3, 32, 32)).shape == (1, 3, 32, 32)
+
+
+def test_l1_selection_trains_dense_until_ending_epoch_then_prunes_by_filter_norm(tmp_path):
+    config = write_config(tmp_path, epochs=3, ending_epoch=2, selection="l1", evaluate=False)
+    assert train(config) == 0
+    folder = tmp_path / "exp" / "model"
+    dense = torch.load(folder / "train_epoch_2.pth", weights_only=True)
+    assert not masks_of(dense["state_dict"]) and dense["pruner"]["selection"] == "l1" and dense["pruner"]["active"]
+    final = torch.load(folder / "final.pth", weights_only=True)
+    assert final["pruner"]["finished"] and masks_of(final["state_dict"])
+    for key, mask in masks_of(final["state_dict"]).items():
+        assert int(mask.sum()) == num_kept_channels(mask.numel(), 0.5, 2), key
+    # the kept filters are those of largest L1 norm in the dense weights that pruning started from
+    weight = dense["state_dict"]["enc1.0.0.weight"]
+    kept = torch.nonzero(final["state_dict"]["enc1.0.0.1.mask"]).flatten()
+    k = kept.numel()
+    assert set(kept.tolist()) == set(torch.topk(weight.abs().flatten(1).sum(1), k).indices.tolist())
+    # a dense-phase checkpoint resumes into the dense network
+    assert train(config, "epochs", 3, "resume", str(folder / "train_epoch_2.pth")) == 0
+
+
+def test_ending_epoch_zero_hardens_random_masks_before_the_first_step(tmp_path):
+    config = write_config(tmp_path, epochs=1, ending_epoch=0, evaluate=False)
+    assert train(config) == 0
+    final = torch.load(tmp_path / "exp" / "model" / "final.pth", weights_only=True)
+    state = final["state_dict"]
+    assert final["pruner"]["finished"] and masks_of(state)
+    for key, mask in masks_of(state).items():  # hard masks only: no logits beside them
+        assert key.removesuffix("mask") + "weight" not in state
+        assert int(mask.sum()) == num_kept_channels(mask.numel(), 0.5, 2)

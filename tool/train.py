@@ -72,6 +72,7 @@ def make_pruner(cfg) -> SoftTopKPruner:
         learnable_weights=cfg.learnable_weights,
         round_to=cfg.round_to,
         coupled_masks=cfg.coupled_masks,
+        selection=cfg.selection,
     )
 
 
@@ -149,9 +150,9 @@ def main(argv=None) -> int:
     if resumed is not None and resumed.get("pruner"):
         pruner.load_state_dict(resumed["pruner"])  # a finished pruner makes configure_model harden the masks
     # Before the optimizer: the logits are trained too. Coupled masks are found on one training crop.
-    coupled = pruner.coupled_masks and pruner.adds_masks
+    coupled = pruner.coupled_masks and (pruner.active or pruner.finished)
     model = pruner.configure_model(model, torch.zeros(1, 3, cfg.train_h, cfg.train_w) if coupled else None)
-    if coupled:
+    if coupled and pruner.adds_masks:
         groups = shared_mask_groups(model)
         logger.info("coupled masks: %d groups share a mask: %s", len(groups), "; ".join(map(" + ".join, groups)))
     if resumed is not None:

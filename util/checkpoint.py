@@ -188,7 +188,7 @@ def training_checkpoint(
         "epoch": epoch,
         "state_dict": network_state_dict(model),
         "arch": describe_arch(cfg),
-        "pruner": pruner.state_dict() if pruner.adds_masks else None,
+        "pruner": pruner.state_dict() if pruner.active or pruner.finished else None,
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
         "rng": rng_state(),

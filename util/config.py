@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from acosp.pruner import SELECTIONS
 from model import ARCHITECTURES, ARCHS
 from util.atomic import atomic_path
 
@@ -146,6 +147,13 @@ SCHEMA: dict[str, Key] = {
         ("min_remaining_elements", int, 8, "a pruned layer keeps at least this many channels"),
         ("round_to", int, 1, "hard masks keep k rounded up to a multiple of this (8: widths that suit the hardware)"),
         ("coupled_masks", bool, False, "convs summed into one residual stream share a mask, so the stream narrows too"),
+        (
+            "selection",
+            str,
+            "logits",
+            "which channels hard masks keep: logits (ACoSP) or l1 (train dense until ending_epoch, then keep "
+            "each layer's k filters of largest L1 norm)",
+        ),
     ),
     **_keys(
         "TEST",
@@ -170,6 +178,13 @@ SCHEMA: dict[str, Key] = {
             str,
             "exclude",
             "a class absent from prediction and ground truth: exclude (NaN, left out of mIoU) or zero (semseg)",
+        ),
+        (
+            "void_as_last_class",
+            bool,
+            False,
+            "also score as the publication's CamVid test did: ignore_label pixels are ground truth of the last "
+            "class and never right (metrics_void_as_last_class.csv)",
         ),
     ),
 }
@@ -432,9 +447,10 @@ def _problems(cfg: CfgNode) -> list[str]:
     )
     need(cfg.initial_temp > 0 and cfg.final_temp > 0, "initial_temp and final_temp must be positive")
     need(
-        cfg.starting_epoch < cfg.ending_epoch,
-        f"starting_epoch ({cfg.starting_epoch}) must come before ending_epoch ({cfg.ending_epoch})",
+        cfg.starting_epoch <= cfg.ending_epoch,
+        f"starting_epoch ({cfg.starting_epoch}) must not come after ending_epoch ({cfg.ending_epoch})",
     )
+    need(cfg.selection in SELECTIONS, f"selection must be one of {', '.join(SELECTIONS)}, got {cfg.selection!r}")
     if cfg.sparsity > 0:
         need(
             cfg.ending_epoch <= cfg.epochs,

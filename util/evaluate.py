@@ -32,10 +32,12 @@ from util.config import repo_path
 from util.dataset import DatasetError, ListEntry, config_list_path, read_image, read_label, read_list
 from util.distributed import all_reduce_sum, rank_and_world
 from util.inference import SlidingWindowPredictor
-from util.metrics import SegmentationMetrics
+from util.metrics import SegmentationMetrics, scores, void_as_last_class_areas
 from util.palette import colorize, read_colors, read_names
 
 logger = logging.getLogger(__name__)
+
+VOID_AS_LAST_CLASS_CSV = "metrics_void_as_last_class.csv"
 
 
 @dataclass
@@ -185,6 +187,8 @@ def evaluate(
     predictor = None if cfg.has_prediction else SlidingWindowPredictor.from_config(model, cfg, device)
     device = predictor.device if predictor is not None else torch.device(device or "cpu")
     metrics = SegmentationMetrics(cfg.classes, cfg.ignore_label)
+    # The publication's CamVid metric, on the same predictions: void pixels as one more ground-truth row.
+    void_metrics = SegmentationMetrics(cfg.classes + 1, -1) if getattr(cfg, "void_as_last_class", False) else None
     failures = []
     shard = entries[rank::world]
     show = progress if progress is not None else sys.stderr.isatty()
@@ -202,13 +206,29 @@ def evaluate(
             if labelled:
                 label = _label_for(entry, cfg, gray.shape)
                 metrics.update(gray, label)
+                if void_metrics is not None:
+                    void_metrics.update(gray, np.where(label == cfg.ignore_label, cfg.classes, label.astype(np.int64)))
         except (OSError, ValueError) as error:
             failures.append(str(error))
             logger.error("line %d of %s failed: %s", entry.line, cfg.test_list, error)
     failed = _total(len(failures), device)
     evaluated = _total(len(shard), device) - failed
-    summary = metrics.reduce().summary(absent=getattr(cfg, "absent_classes", "exclude")) if labelled else None
+    absent = getattr(cfg, "absent_classes", "exclude")
+    summary = metrics.reduce().summary(absent=absent) if labelled else None
     if rank == 0 and summary is not None:
         write_metrics_csv(folder / "metrics.csv", names, summary)
         logger.info("scores of %d images (%s):\n%s", evaluated, folder, format_table(names, summary))
+    if labelled and void_metrics is not None:
+        void_summary = scores(*void_as_last_class_areas(void_metrics.reduce().confusion), absent=absent)
+        if rank == 0:
+            write_metrics_csv(folder / VOID_AS_LAST_CLASS_CSV, names, void_summary)
+            logger.info(
+                "the publication's CamVid metric (void pixels count as %s, never right): mIoU %.4f mAcc %.4f "
+                "allAcc %.4f, in %s",
+                names[-1],
+                void_summary["miou"],
+                void_summary["macc"],
+                void_summary["allacc"],
+                VOID_AS_LAST_CLASS_CSV,
+            )
     return EvaluationResult(summary, folder, evaluated, failures, failed)

@@ -67,6 +67,21 @@ def areas(confusion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return intersection, union, target
 
 
+def void_as_last_class_areas(confusion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(intersection, union, target) as the publication's CamVid test counted them.
+
+    ``confusion`` is ``(C + 1) x (C + 1)``, its last row the void pixels (ignore_label). That test
+    histogrammed labels into C bins whose last one is closed, so void pixels were ground truth of
+    class C - 1 that no prediction matched, and predictions on them counted towards their class.
+    """
+    classes = confusion.shape[0] - 1
+    intersection = confusion.diagonal()[:classes]
+    target = confusion[:classes].sum(1)
+    target[classes - 1] += confusion[classes].sum()
+    union = confusion[:, :classes].sum(0) + target - intersection
+    return intersection, union, target
+
+
 def scores(intersection: Any, union: Any, target: Any, absent: str = "exclude") -> dict[str, float | int | list[float]]:
     """mIoU, mAcc and allAcc (as in semseg) from per-class areas summed over a split.
 
