@@ -26,10 +26,7 @@ import concurrent.futures
 import json
 import math
 import os
-import platform
-import re
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,14 +36,20 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-import acosp.compress  # noqa: E402
-import acosp.stats  # noqa: E402
 from util.atomic import atomic_path  # noqa: E402
-from util.checkpoint import model_from_checkpoint  # noqa: E402
-from util.config import load_config  # noqa: E402
+from util.experiment import (  # noqa: E402
+    compressed_macs,
+    config_path,
+    is_finished,
+    machine,
+    recorded_seconds,
+    run_config,
+    train_and_test,
+    write_table,
+)
 from util.latency import median_latency  # noqa: E402
 from util.published import published  # noqa: E402
-from util.run_summary import RunFiles, example_input, format_count, paper_ratio, run_result  # noqa: E402
+from util.run_summary import format_count, paper_ratio, run_result  # noqa: E402
 
 SPARSITIES = (0.0, 0.5, 0.75, 0.875, 0.9375)
 # The recipe a dataset's table trains unless --network says otherwise, and where its table goes.
@@ -55,66 +58,14 @@ DOCUMENT = {"shapes": ROOT / "docs" / "shapes.md"}
 TEST_IMAGES = {"shapes": "the 200 test images", "camvid": "the 233 test images"}
 
 
-def markers(dataset: str) -> tuple[str, str]:
-    return f"<!-- {dataset}-table:start -->", f"<!-- {dataset}-table:end -->"
-
-
 def experiment(network: str, sparsity: float) -> str:
     return network if sparsity == 0 else f"{network}_{sparsity:g}"
 
 
-def machine() -> str:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{platform.machine()} CPU, {cores} cores, {platform.system()}"
-
-
-def run_options(folder: Path, name: str, opts: list[str]) -> list[str]:
-    """The overrides of one run: the user's, and its folders under ``folder``."""
-    run = folder / name
-    return [*opts, "save_path", str(run / "model"), "save_folder", str(run / "result")]
-
-
-def train_and_test(dataset: str, folder: Path, name: str, opts: list[str]) -> float:
-    """``sh tool/train.sh DATASET NAME``, its output in FOLDER/NAME/table.log; seconds taken."""
-    log = folder / name / "table.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHON": sys.executable, "DEVICE": os.environ.get("DEVICE", "cpu")}
-    start = time.perf_counter()
-    with open(log, "w", encoding="utf-8") as handle:
-        result = subprocess.run(
-            ["sh", "tool/train.sh", dataset, name, *run_options(folder, name, opts)],
-            cwd=ROOT,
-            env=env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
-    if result.returncode != 0:
-        raise RuntimeError(f"sh tool/train.sh {dataset} {name} failed with exit code {result.returncode}; see {log}")
-    seconds = time.perf_counter() - start
-    with atomic_path(log.parent / "table_seconds.txt") as temporary:
-        temporary.write_text(f"{seconds:.1f}\n", encoding="utf-8")
-    return seconds
-
-
-def is_finished(cfg, folder: Path, name: str) -> bool:
-    """Whether a run was trained and tested by this script (its metrics and its recorded time exist)."""
-    return RunFiles.of(cfg).metrics.is_file() and not math.isnan(recorded_seconds(folder, name))
-
-
-def recorded_seconds(folder: Path, name: str) -> float:
-    """The run time train_and_test recorded for a run; NaN if none."""
-    path = folder / name / "table_seconds.txt"
-    return float(path.read_text(encoding="utf-8")) if path.is_file() else float("nan")
-
-
 def compressed_cost(cfg) -> dict[str, float]:
     """MACs per image and median CPU seconds per forward pass of the run's network, compressed, at the test crop."""
-    model = model_from_checkpoint(RunFiles.of(cfg).checkpoint, cfg).eval()
-    x = example_input(cfg)
-    with torch.no_grad():
-        network = acosp.compress.compress(model, x) if acosp.stats.kept_channels(model) else model
-        macs = acosp.compress.model_statistics(network, x)["macs"]
-    return {"macs": int(macs), "latency": median_latency(network, x, runs=10)}
+    network, x, macs = compressed_macs(cfg)
+    return {"macs": macs, "latency": median_latency(network, x, runs=10)}
 
 
 def _minutes(seconds: float) -> str:
@@ -164,16 +115,6 @@ def markdown(dataset: str, network: str, rows: list[dict], command: str, minutes
     return "\n".join(lines)
 
 
-def write_table(dataset: str, document: Path, table: str) -> None:
-    start, end = markers(dataset)
-    text = document.read_text(encoding="utf-8")
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-    if not pattern.search(text):
-        raise ValueError(f"{document}: the markers {start} and {end} are missing")
-    with atomic_path(document) as temporary:
-        temporary.write_text(pattern.sub(lambda _: f"{start}\n{table}\n{end}", text), encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--network", help="the recipe, config/DATASET/DATASET_NETWORK[_S].yaml (segnet_cpu for camvid)")
@@ -194,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"say which recipe with --network (config/{dataset}/{dataset}_NETWORK.yaml)")
     sparsities = sorted(set(args.sparsities))  # the table's rows, dense first
     names = {sparsity: experiment(network, sparsity) for sparsity in sparsities}
-    configs = {s: ROOT / "config" / dataset / f"{dataset}_{name}.yaml" for s, name in names.items()}
+    configs = {s: config_path(dataset, name) for s, name in names.items()}
     missing = [str(path.relative_to(ROOT)) for path in configs.values() if not path.is_file()]
     if missing:
         parser.error(f"no config {', '.join(missing)}")
@@ -204,24 +145,24 @@ def main(argv: list[str] | None = None) -> int:
     folder = folder if folder.is_absolute() else ROOT / folder
     given = argv if argv is not None else sys.argv[1:]
     command = " ".join(["python benchmarks/results_table.py", *map(shlex.quote, given)])
-    cfgs = {s: load_config(configs[s], run_options(folder, name, args.opts)) for s, name in names.items()}
+    cfgs = {s: run_config(dataset, name, folder / name, args.opts) for s, name in names.items()}
 
     start = time.perf_counter()
     to_train = [] if args.skip_training else list(names.values())
     if args.skip_finished:  # tested, and timed by this script
-        done = {name for s, name in names.items() if is_finished(cfgs[s], folder, name)}
+        done = {name for s, name in names.items() if is_finished(cfgs[s], folder / name)}
         to_train = [name for name in to_train if name not in done]
     if to_train:
         print(f"training and testing {', '.join(to_train)}, {args.jobs} at a time ...", flush=True)
         with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-            list(pool.map(lambda name: train_and_test(dataset, folder, name, args.opts), to_train))
+            list(pool.map(lambda name: train_and_test(dataset, name, folder / name, args.opts), to_train))
     rows = []
     for sparsity, name in names.items():
         cfg = cfgs[sparsity]
         row = {
             **run_result(cfg),
             **compressed_cost(cfg),
-            "seconds": recorded_seconds(folder, name),
+            "seconds": recorded_seconds(folder / name),
             "crop": f"{cfg.test_h}x{cfg.test_w}",
             "published": published(dataset, network, sparsity),
         }
