@@ -48,9 +48,15 @@ def camvid_cpu(sparsities: tuple[float, ...] = (0.875,), seeds: tuple[int, ...] 
     for sparsity in sparsities:
         pruned, tag = _pruned(CPU_RECIPE, sparsity), f"{sparsity:g}"
         width, parameters, target = small_dense_width("camvid", CPU_RECIPE, sparsity)
+        gap = (parameters - target) / target
         notes.append(
             f"small_dense_{tag}: width {width:g} gives {parameters:,} parameters, the compressed ACoSP network "
-            f"{target:,} ({100 * (parameters - target) / target:+.1f} %)"
+            f"{target:,} with random masks ({100 * gap:+.1f} %"
+            + (
+                ", the closest any width comes: the narrowest layers change in steps of one channel)"
+                if abs(gap) > 0.05
+                else ")"
+            )
         )
         cells += [
             Cell(f"acosp_{tag}", "ACoSP", pruned, sparsity, seeds),

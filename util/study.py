@@ -156,21 +156,22 @@ def parameter_count(cfg: Any) -> int:
 def matched_width(count: Callable[[float], int], target: int, low: float = 1e-3, high: float = 1.0) -> float:
     """The width whose dense network's parameter count ``count(width)`` is closest to ``target``.
 
-    Counts grow with the width (in steps, as channels are rounded), so a bisection brackets the
-    target and the closer of the two ends wins. Raises when the best is more than 5 % off.
+    Counts grow with the width in steps (channels are rounded), so a bisection brackets the target
+    and the closer of the two ends wins, written with as few digits as keep its count. Where the
+    steps are coarse (very narrow networks) the closest may still be more than 5 % off: callers
+    check and say so.
     """
     if count(high) <= target:
-        best = high
-    else:
-        for _ in range(40):
-            middle = (low + high) / 2
-            if count(middle) <= target:
-                low = middle
-            else:
-                high = middle
-        best = min((low, high), key=lambda width: abs(count(width) - target))
-    best = float(f"{best:.4g}")  # a width that reads well in a config, checked below as written
-    error = abs(count(best) - target) / target
-    if error > 0.05:
-        raise ValueError(f"no width gives {target:,} parameters within 5 %: the closest, {best}, gives {count(best):,}")
+        return high
+    for _ in range(40):
+        middle = (low + high) / 2
+        if count(middle) <= target:
+            low = middle
+        else:
+            high = middle
+    best = min((low, high), key=lambda width: abs(count(width) - target))
+    for digits in range(4, 12):  # a width that reads well in a config and gives the same count
+        short = float(f"{best:.{digits}g}")
+        if count(short) == count(best):
+            return short
     return best
