@@ -50,7 +50,8 @@ class SoftTopKPruner:
 
     ``configure_model`` masks every prunable conv; call ``update_mask_layers(model, epoch)`` after
     each training epoch to anneal the temperature, and ``acosp.inject.soft_to_hard_k(model)`` (or
-    ``on_pruning_end``) when ``epoch == ending_epoch``.
+    ``on_pruning_end``) when ``epoch == ending_epoch``. With ``selection="l1"`` (the L1-norm
+    baseline) the network stays dense until ``on_pruning_end``, which must then be called.
     """
 
     def __init__(

@@ -1,7 +1,7 @@
 """The publication's table, measured here: one recipe trained and tested at every sparsity, one budget.
 
     python benchmarks/results_table.py shapes                    # the built-in dataset: docs/shapes.md
-    python benchmarks/results_table.py camvid                    # CamVid, the CPU recipe (segnet_cpu): README.md
+    python benchmarks/results_table.py camvid                    # CamVid, the CPU recipe (segnet_cpu): docs/camvid.md
     python benchmarks/results_table.py camvid --sparsities 0 0.75 --skip-finished   # add runs, keep finished ones
     python benchmarks/results_table.py camvid --network segnet   # the publication's recipe (a GPU job)
     python benchmarks/results_table.py shapes --skip-training    # rebuild the table from the runs in exp/shapes/
@@ -54,7 +54,7 @@ from util.run_summary import format_count, paper_ratio, run_result  # noqa: E402
 SPARSITIES = (0.0, 0.5, 0.75, 0.875, 0.9375)
 # The recipe a dataset's table trains unless --network says otherwise, and where its table goes.
 DEFAULT_NETWORK = {"shapes": "segnet", "camvid": "segnet_cpu"}
-DOCUMENT = {"shapes": ROOT / "docs" / "shapes.md"}
+DOCUMENT = {"shapes": ROOT / "docs" / "shapes.md", "camvid": ROOT / "docs" / "camvid.md"}
 TEST_IMAGES = {"shapes": "the 200 test images", "camvid": "the 233 test images"}
 
 
@@ -79,7 +79,9 @@ def _percent(value: float | None) -> str:
 def markdown(dataset: str, network: str, rows: list[dict], command: str, minutes: float | None, where: str) -> str:
     dense = next((row for row in rows if row["sparsity"] == 0), None)
     quoted = any(row["published"] for row in rows)
+    voided = any("void_mIoU" in row for row in rows)
     head = ["sparsity", "ACoSP-N (1/(1-s))", "mIoU", "mAcc"]
+    head += ["mIoU, void as last class"] if voided else []
     head += ["publication mIoU / mAcc"] if quoted else []
     head += ["parameters", "counted ratio", "GMACs", "latency", "run time"]
     lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---:" for _ in head) + " |"]
@@ -89,6 +91,8 @@ def markdown(dataset: str, network: str, rows: list[dict], command: str, minutes
             counted = f"{dense['parameters'] / row['parameters']:.2f}"
         cells = [f"{row['sparsity']:g}", f"{paper_ratio(row['sparsity']):g}"]
         cells += [_percent(row["mIoU"]), _percent(row["mAcc"])]
+        if voided:
+            cells.append(_percent(row.get("void_mIoU")))
         if quoted:
             paper = row["published"]
             cells.append("n/a" if paper is None else " / ".join("n/a" if v is None else f"{v:.2f}" for v in paper))
@@ -109,6 +113,12 @@ def markdown(dataset: str, network: str, rows: list[dict], command: str, minutes
         f"{TEST_IMAGES.get(dataset, 'the test list')}, as the run's config tests (scales, flips); parameters "
         f"and MACs as the compressed network has them (acosp.compress), latency of the compressed network on "
         f"the CPU at {crop}, batch 1, median of 10 runs."
+        + (
+            " mIoU, void as last class: the same predictions scored as the publication's CamVid test did "
+            "(void pixels count as ground truth of the last class, never right)."
+            if voided
+            else ""
+        )
         + (" The publication's numbers are quoted from it (its full recipe)." if quoted else "")
         + "*",
     ]
@@ -123,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folder", type=Path, help="where the runs go (exp/DATASET)")
     parser.add_argument("--sparsities", type=float, nargs="+", default=list(SPARSITIES))
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (give each OMP_NUM_THREADS cores)")
-    parser.add_argument("--document", type=Path, help="where the table goes (README.md; shapes: docs/shapes.md)")
+    parser.add_argument("--document", type=Path, help="where the table goes (docs/DATASET.md, else README.md)")
     parser.add_argument("--json", type=Path, help="where the numbers go (benchmarks/DATASET_table.json)")
     parser.add_argument(
         "run", nargs="+", help="DATASET (a folder of config/), then 'key value' overrides for every run"

@@ -26,6 +26,15 @@ def test_camvid_rows_quote_the_publication_beside_the_measured_numbers():
     assert "the 233 test images" in table and "at 180x240" in table and "quoted from it" in table
 
 
+def test_runs_scored_also_the_publications_camvid_way_get_that_column_beside_the_usual_one():
+    rows = [{**row(0.0, 0.4, 1000, (55.49, 65.44)), "void_mIoU": 0.35}, row(0.75, 0.3, 100, (50.10, 59.79))]
+    lines = results_table.markdown("camvid", "segnet_cpu", rows, "command", None, "here").splitlines()
+    assert lines[0].startswith("| sparsity | ACoSP-N (1/(1-s)) | mIoU | mAcc | mIoU, void as last class | publication")
+    assert lines[2].startswith("| 0 | 1 | 40.00 | 50.00 | 35.00 | 55.49 / 65.44 |")
+    assert lines[3].startswith("| 0.75 | 4 | 30.00 | 40.00 | n/a | 50.10 / 59.79 |")
+    assert "void pixels count as ground truth of the last class" in lines[-1]
+
+
 def test_the_table_replaces_only_what_lies_between_its_dataset_markers(tmp_path):
     document = tmp_path / "README.md"
     document.write_text(

@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from util.evaluate import VOID_AS_LAST_CLASS_CSV  # noqa: E402
 from util.experiment import (  # noqa: E402
+    SECONDS,
     compressed_macs,
     is_finished,
     machine,
@@ -45,7 +45,7 @@ from util.experiment import (  # noqa: E402
     train_and_test,
     write_table,
 )
-from util.run_summary import RunFiles, format_count, read_metrics, run_result  # noqa: E402
+from util.run_summary import format_count, run_result  # noqa: E402
 from util.studies import PRESETS  # noqa: E402
 from util.study import Run, Study, read_records, run_folder, write_summary  # noqa: E402
 
@@ -89,13 +89,9 @@ def collect(study: Study, run: Run, folder: Path) -> dict:
     """A finished run's record: scores (also the publication's CamVid metric when tested so), sizes, MACs, time."""
     cfg = run_config(study.dataset, run.cell.experiment, folder, run.options)
     record = {"cell": run.cell.name, "seed": run.seed, **run_result(cfg)}
-    void_csv = RunFiles.of(cfg).metrics.with_name(VOID_AS_LAST_CLASS_CSV)
-    if void_csv.is_file():
-        void = read_metrics(void_csv)
-        record["void_mIoU"], record["void_mAcc"] = void["mIoU"], void["mAcc"]
     record["macs"] = compressed_macs(cfg)[2]
     record["seconds"] = recorded_seconds(folder)
-    record["date"] = time.strftime("%Y-%m-%d", time.localtime((folder / "run_seconds.txt").stat().st_mtime))
+    record["date"] = time.strftime("%Y-%m-%d", time.localtime((folder / SECONDS).stat().st_mtime))
     return record
 
 

@@ -22,7 +22,7 @@ from acosp.compress import model_statistics
 from acosp.inject import is_prunable
 from util.checkpoint import model_from_checkpoint
 from util.config import repo_path
-from util.evaluate import result_folder
+from util.evaluate import VOID_AS_LAST_CLASS_CSV, result_folder
 
 
 @dataclass
@@ -84,14 +84,22 @@ def example_input(cfg: Any) -> torch.Tensor:
 
 
 def run_result(cfg: Any) -> dict[str, Any]:
-    """Scores and sizes of the experiment ``cfg`` describes, after training and testing."""
+    """Scores and sizes of the experiment ``cfg`` describes, after training and testing.
+
+    ``void_mIoU`` and ``void_mAcc`` come too where the test also scored the publication's CamVid way.
+    """
     files = RunFiles.of(cfg)
     if not files.checkpoint.is_file():
         raise FileNotFoundError(f"{files.checkpoint}: no checkpoint (train first: sh tool/train.sh DATASET EXP)")
     model = model_from_checkpoint(files.checkpoint, cfg)
     with torch.no_grad():
         size = network_size(model, example_input(cfg))
-    return {"sparsity": cfg.sparsity, **read_metrics(files.metrics), **size}
+    result = {"sparsity": cfg.sparsity, **read_metrics(files.metrics), **size}
+    void_scores = files.metrics.with_name(VOID_AS_LAST_CLASS_CSV)
+    if void_scores.is_file():  # the publication's CamVid metric, on the same predictions
+        void = read_metrics(void_scores)
+        result["void_mIoU"], result["void_mAcc"] = void["mIoU"], void["mAcc"]
+    return result
 
 
 def paper_ratio(sparsity: float) -> float:
