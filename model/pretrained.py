@@ -1,9 +1,10 @@
 """ImageNet initialisation from a weight file on disk: strict, and loud about what does not fit.
 
-Nothing is downloaded. A file that fits only partly would silently leave layers at their random
-initialisation (semseg's ``strict=False``), so every missing, unexpected or mis-shaped key is an
-error naming the file, except the keys the caller says the network does not use (the ImageNet
-classifier) and BatchNorm's ``num_batches_tracked``, which older files do not have.
+Nothing is downloaded here (``tool/download.py`` fetches the publication's files). A file that
+fits only partly would silently leave layers at their random initialisation (semseg's
+``strict=False``), so every missing, unexpected or mis-shaped key is an error naming the file,
+except the keys the caller says the network does not use (the ImageNet classifier) and
+BatchNorm's ``num_batches_tracked``, which older files do not have.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise WeightFileError(
-            f"pretrained_weights: weight file {path} does not exist; put the ImageNet weights there "
-            "(nothing is downloaded), or set pretrained_weights null to train from scratch"
+            f"pretrained_weights: weight file {path} does not exist; 'python tool/download.py' lists the "
+            "publication's ImageNet weights and fetches them (vgg16) or says where they are published, or set "
+            "pretrained_weights null to train from scratch"
         )
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)

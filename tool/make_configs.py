@@ -41,6 +41,7 @@ COMMON = dict(
 PSPNET = dict(arch="psp", layers=50, zoom_factor=8, aux_weight=0.4, head_lr_factor=10.0)
 PSPNET["pretrained_weights"] = "data/pretrained/resnet50_v2.pth"
 SEGNET = dict(arch="segnet", aux_weight=0.0, head_lr_factor=1.0, scale_min=0.25, scale_max=1.0)
+SEGNET["pretrained_weights"] = "data/pretrained/vgg16.pth"  # torchvision's ImageNet VGG16, as the publication
 
 CAMVID_SEGNET = dict(
     **SEGNET,
@@ -62,12 +63,13 @@ CAMVID_SEGNET = dict(
     test_list="data/lists/camvid/test.txt",
     void_as_last_class=True,  # scored both ways: the publication's test counted void pixels (label 11)
 )
-# CamVid on a laptop: the SegNet above at a quarter of its width, trained from random weights on
-# half-size images (180x240, scale 0.4-0.6 of the 360x480 frames) for 16 epochs with Adam, tested at
-# half size too; train and test take about 20 minutes on two CPU cores (README, "CamVid on two CPU
-# cores"). No validation during training: the test follows it in tool/train.sh.
+# CamVid on a laptop: the SegNet above at a quarter of its width, trained from random weights (the
+# ImageNet VGG16 fits only the full width) on half-size images (180x240, scale 0.4-0.6 of the 360x480
+# frames) for 16 epochs with Adam, tested at half size too; train and test take about 20 minutes on
+# two CPU cores (docs/camvid.md). No validation during training: the test follows it in tool/train.sh.
 CAMVID_SEGNET_CPU = dict(
     CAMVID_SEGNET,
+    pretrained_weights=None,
     width=0.25,
     min_remaining_elements=4,
     optimizer="adam",
@@ -188,6 +190,7 @@ RECIPES = {
     # pooling would leave a 2x2 map at 64x64, and through it that SegNet learns little more than background.
     ("shapes", "segnet"): dict(
         SEGNET,
+        pretrained_weights=None,
         classes=6,
         width=0.25,
         blocks=3,
