@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from model import is_classification  # noqa: E402
 from util.atomic import atomic_path  # noqa: E402
 from util.checkpoint import CheckpointError, model_from_checkpoint  # noqa: E402
+from util.command_line import parse_with_overrides  # noqa: E402
 from util.config import ConfigError, load_config, repo_path  # noqa: E402
 from util.dataset import Cifar10  # noqa: E402
 from util.distributed import all_reduce_sum, close_processes, init_processes, rank_and_world  # noqa: E402
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         "--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: CUDA when available"
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="'key value' pairs that override the config")
-    args = parser.parse_args(argv)
+    args = parse_with_overrides(parser, argv)
     try:
         cfg = load_config(args.config, args.opts)
     except ConfigError as error:

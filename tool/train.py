@@ -8,8 +8,12 @@ Start several processes with torchrun (tool/train.sh does it when NPROC is set).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,14 +28,17 @@ from acosp.compress import shared_mask_groups  # noqa: E402
 from acosp.inject import hard_to_conv, soft_to_hard_k  # noqa: E402
 from model import build_model  # noqa: E402
 from util import checkpoint  # noqa: E402
+from util.command_line import parse_with_overrides  # noqa: E402
 from util.config import load_config, save_config  # noqa: E402
 from util.dataset import build_datasets  # noqa: E402
 from util.distributed import barrier, broadcast_int, close_processes, init_processes, masks_agree  # noqa: E402
+from util.experiment_lock import ExperimentBusy, check_not_replacing, hold  # noqa: E402
 from util.list_files import OverwriteError  # noqa: E402
 from util.metrics import training_metrics  # noqa: E402
 from util.optimizer import build_optimizer  # noqa: E402
 from util.sampling import make_loader, per_process_batch, seed_epoch  # noqa: E402
 from util.shapes import ensure_dataset  # noqa: E402
+from util.stop_signals import StopRequested, StopSignals  # noqa: E402
 from util.tensorboard import RunLog, pruning_logs, read_palette  # noqa: E402
 from util.training import StepContext, TrainingError, end_pruning, progress_bar, train_epoch, validate  # noqa: E402
 
@@ -47,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: CUDA when available"
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides as 'key value' pairs")
-    return parser.parse_args(argv)
+    return parse_with_overrides(parser, argv)
 
 
 def setup_logging(log_file: Path | None) -> None:
@@ -76,6 +83,48 @@ def make_pruner(cfg) -> SoftTopKPruner:
     )
 
 
+# Config keys and the pruner settings they become: a resumed checkpoint must agree on them.
+PRUNING_KEYS = {
+    "sparsity": "final_sparsity",
+    "starting_epoch": "starting_epoch",
+    "ending_epoch": "ending_epoch",
+    "min_remaining_elements": "min_remaining_elements",
+    "initial_temp": "initial_temp",
+    "final_temp": "final_temp",
+    "learnable_weights": "learnable_weights",
+    "round_to": "round_to",
+    "coupled_masks": "coupled_masks",
+    "selection": "selection",
+}
+
+
+def follow_resumed_pruning(cfg, pruner: SoftTopKPruner, saved: dict | None, path: Path) -> None:
+    """Load the checkpoint's pruner state into ``pruner`` after checking it against the config.
+
+    A difference stops the run and names both values, unless ``resume_pruning checkpoint``: then the
+    checkpoint's settings win and the config takes them, so config.yaml and the checkpoints say
+    what the run does.
+    """
+    saved_values = {key: saved.get(name) for key, name in PRUNING_KEYS.items()} if saved else {"sparsity": 0.0}
+    differences = {
+        key: (value, cfg[key]) for key, value in saved_values.items() if value is not None and value != cfg[key]
+    }
+    if differences and cfg.resume_pruning == "check":
+        listed = "; ".join(f"{key}: checkpoint {old}, config {new}" for key, (old, new) in differences.items())
+        raise TrainingError(
+            f"the checkpoint {path} was pruned otherwise than this config ({listed}); set the config to the "
+            "checkpoint's values, or 'resume_pruning checkpoint' to continue as the checkpoint was trained"
+        )
+    for key, (old, _) in differences.items():
+        cfg[key] = old
+    if differences:
+        logger.warning("resume_pruning checkpoint: continuing with the checkpoint's %s", ", ".join(differences))
+    if saved:
+        pruner.load_state_dict(saved)  # a finished pruner makes configure_model harden the masks
+    else:
+        pruner.active = False  # a dense checkpoint continues dense
+
+
 def initial_weights(model: nn.Module, path: str, cfg) -> None:
     """``weight PATH``: start from a dense or pruned checkpoint; its hard masks are folded into the convs."""
     source = checkpoint.model_from_checkpoint(path, cfg)
@@ -89,8 +138,30 @@ def resolve_resume(cfg) -> Path | None:
         return None
     if cfg.resume == "auto":
         last = cfg.path("save_path") / "last.pth"
-        return last if last.is_file() else None
+        if not last.is_file():
+            logger.warning("resume auto: no %s yet, so training starts from the beginning", last)
+            return None
+        return last
     return cfg.path("resume")
+
+
+def take_folder(cfg, processes, stack: contextlib.ExitStack) -> list:
+    """Rank 0 holds the experiment folder for the run and checks that it replaces nothing; every rank
+    learns whether that worked. Returns the stale temporary files removed."""
+    model_dir = cfg.path("save_path")
+    error, removed = None, []
+    if processes.is_main:
+        try:
+            stack.enter_context(hold(model_dir, f"tool/train.py --config {cfg.source}"))
+            check_not_replacing(model_dir, cfg.resume, cfg.overwrite)
+            removed = checkpoint.remove_stale_temporaries(model_dir)
+        except ExperimentBusy as caught:
+            error = caught
+        except OSError as caught:
+            error = checkpoint.CheckpointError(f"cannot write to the experiment folder {model_dir}: {caught}")
+    if broadcast_int(int(error is not None), processes.device):
+        raise error if error is not None else ExperimentBusy(f"{model_dir}: the main process could not take it")
+    return removed
 
 
 def prune_epoch_checkpoints(folder: Path, keep: int | None) -> None:
@@ -103,30 +174,41 @@ def prune_epoch_checkpoints(folder: Path, keep: int | None) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # started in the background by tool/train.sh
     cfg = load_config(args.config, args.opts)
     processes = init_processes(args.device)
+    with contextlib.ExitStack() as stack:
+        removed = take_folder(cfg, processes, stack)
+        return run(cfg, processes, removed)
+
+
+def run(cfg, processes, removed: list) -> int:
     device = processes.device
     model_dir = cfg.path("save_path")
     exp_dir = model_dir.parent
-
-    # The seed comes first: the network's initial weights draw from it. Without manual_seed, rank 0
-    # draws one for all, so that the ranks' shards of every epoch still partition the data.
-    seed = cfg.manual_seed if cfg.manual_seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
-    seed = broadcast_int(seed, device)
-    seed_epoch(seed, -1)
-
-    # Everything that can be wrong with the setup fails here, before the first iteration.
-    model = build_model(cfg, pretrained_weights=cfg.path("pretrained_weights"))  # relative to the repository
-    if processes.is_main:
-        checkpoint.check_free_space(model_dir, model)
-        (exp_dir / "result").mkdir(parents=True, exist_ok=True)
-        save_config(cfg)
-    barrier()
     setup_logging(model_dir / f"train-{time.strftime('%Y%m%d-%H%M%S')}.log" if processes.is_main else None)
     if not processes.is_main:
         logging.getLogger().setLevel(logging.WARNING)
     logger.info("config %s, %d process(es) on %s", cfg.source, processes.world_size, device)
+    if removed:
+        logger.info("removed %d temporary file(s) that an interrupted save left in %s", len(removed), model_dir)
+    resume_path = resolve_resume(cfg)
+    resumed = checkpoint.load_checkpoint(resume_path) if resume_path is not None else None
+
+    # The seed comes first: the network's initial weights draw from it. Without manual_seed, rank 0
+    # draws one for all, so that the ranks' shards of every epoch still partition the data; a resumed
+    # run takes the one it started with.
+    seed = cfg.manual_seed if cfg.manual_seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+    if cfg.manual_seed is None and resumed is not None and resumed.get("seed") is not None:
+        seed = int(resumed["seed"])
+    seed = broadcast_int(seed, device)
+    seed_epoch(seed, -1)
+
+    # Everything that can be wrong with the setup fails here, before anything is written.
+    model = build_model(cfg, pretrained_weights=cfg.path("pretrained_weights"))  # relative to the repository
     if processes.is_main:
+        checkpoint.check_free_space(model_dir, model)
         ensure_dataset(cfg, logger.info)  # the built-in dataset is generated on first use
     barrier()
     torch.backends.cudnn.benchmark = cfg.manual_seed is None
@@ -145,10 +227,8 @@ def main(argv=None) -> int:
     if cfg.weight:
         initial_weights(model, cfg.weight, cfg)
     pruner = make_pruner(cfg)
-    resume_path = resolve_resume(cfg)
-    resumed = checkpoint.load_checkpoint(resume_path) if resume_path is not None else None
-    if resumed is not None and resumed.get("pruner"):
-        pruner.load_state_dict(resumed["pruner"])  # a finished pruner makes configure_model harden the masks
+    if resumed is not None:
+        follow_resumed_pruning(cfg, pruner, resumed.get("pruner"), resume_path)
     # Before the optimizer: the logits are trained too. Coupled masks are found on one training crop.
     coupled = pruner.coupled_masks and (pruner.active or pruner.finished)
     model = pruner.configure_model(model, torch.zeros(1, 3, cfg.train_h, cfg.train_w) if coupled else None)
@@ -166,77 +246,119 @@ def main(argv=None) -> int:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=bool(cfg.amp) and device.type == "cuda")
-    first_epoch, best = cfg.start_epoch, {}
+    first_epoch, best, skip, rng = cfg.start_epoch, {}, 0, None
     if resumed is not None:
         optimizer.load_state_dict(resumed["optimizer"])
         scaler.load_state_dict(resumed["scaler"])
         checkpoint.restore_rng_state(resumed.get("rng"))
         first_epoch, best = int(resumed["epoch"]), dict(resumed.get("best") or {})
-        logger.info("resumed from %s after epoch %d", resume_path, first_epoch)
+        skip = int(resumed.get("iteration") or 0)  # a run stopped by a signal in the middle of an epoch
+        rng = resumed.get("rng") if skip else None
+        where = f"epoch {first_epoch + 1}, iteration {skip + 1}" if skip else f"after epoch {first_epoch}"
+        logger.info("resumed from %s: continuing at %s", resume_path, where)
+    if processes.is_main:  # only now, with the setup sound, does the folder change
+        (exp_dir / "result").mkdir(parents=True, exist_ok=True)
+        save_config(cfg)
 
     run_log = RunLog(exp_dir if processes.is_main else None)
     palette = read_palette(cfg.path("colors_path"), cfg.classes)
     max_iterations = cfg.epochs * len(train_loader)
-    context = StepContext(cfg, processes, optimizer, scaler, max_iterations, run_log, logger.info)
-    epoch = first_epoch
+    signals = StopSignals()
+    context = StepContext(
+        cfg, processes, optimizer, scaler, max_iterations, run_log, logger.info, stop=lambda: signals.received
+    )
+
+    def state(epoch: int, iteration: int = 0) -> dict:
+        saved = checkpoint.training_checkpoint(cfg, model, optimizer, scaler, pruner, epoch, best, iteration > 0)
+        return {**saved, "iteration": iteration, "seed": seed}
+
+    epoch, first_loss = first_epoch, None
     try:
-        for epoch in progress_bar(
-            range(first_epoch, cfg.epochs), processes, desc="epochs", initial=first_epoch, total=cfg.epochs
-        ):
-            if pruner.active and epoch >= cfg.ending_epoch:
-                model, dropped = end_pruning(pruner, model, optimizer)
-                logger.info("epoch %d: masks hardened; the optimizer dropped %d mask logits", epoch + 1, dropped)
-            seed_epoch(seed, epoch)
-            train_sampler.set_epoch(epoch)
-            result = train_epoch(model, train_loader, epoch, context, training_metrics(cfg, device))
-            run_log.epoch("train", result.loss, result.metrics, epoch + 1)
-            logger.info("epoch %d/%d train loss %.4f %s", epoch + 1, cfg.epochs, result.loss, _summary(result.metrics))
-            if val_loader is not None:
-                val = validate(model, val_loader, cfg, processes, training_metrics(cfg, device))
-                run_log.epoch("val", val.loss, val.metrics, epoch + 1)
-                run_log.images(val.samples, palette, cfg.mean, cfg.std, epoch + 1)
-                logger.info("epoch %d/%d val loss %.4f %s", epoch + 1, cfg.epochs, val.loss, _summary(val.metrics))
-                best = {"epoch": epoch + 1, **val.metrics} if _better(val.metrics, best) else best
-            # After validation: BatchNorm's running statistics were gathered at this epoch's
-            # temperature, and validating at the next one would scale channels they never saw.
-            pruner.update_mask_layers(model, epoch)
-            if processes.distributed and pruner.adds_masks:
-                if not masks_agree(model):
-                    raise TrainingError(f"epoch {epoch + 1}: the masks differ between processes")
-                logger.info("epoch %d: masks agree across %d processes", epoch + 1, processes.world_size)
-            logs = pruning_logs(pruner, model, run_log, epoch + 1)
-            run_log.mask_logits(model, epoch + 1)
-            if logs:
-                logger.info(
-                    "epoch %d: %d of %d channels kept",
-                    epoch + 1,
-                    logs["acosp/kept_channels"],
-                    logs["acosp/total_channels"],
+        with signals:
+            for epoch in progress_bar(
+                range(first_epoch, cfg.epochs), processes, desc="epochs", initial=first_epoch, total=cfg.epochs
+            ):
+                if pruner.active and epoch >= cfg.ending_epoch:
+                    model, dropped = end_pruning(pruner, model, optimizer)
+                    logger.info("epoch %d: masks hardened; the optimizer dropped %d mask logits", epoch + 1, dropped)
+                seed_epoch(seed, epoch)
+                train_sampler.set_epoch(epoch)
+                result = train_epoch(
+                    model,
+                    train_loader,
+                    epoch,
+                    context,
+                    training_metrics(cfg, device),
+                    skip if epoch == first_epoch else 0,
+                    rng,
                 )
-            last_epoch = epoch + 1 == cfg.epochs
-            if last_epoch and pruner.active:
-                model, _ = end_pruning(pruner, model, optimizer)  # pruning never reached ending_epoch: harden now
-                logger.info("training ends before ending_epoch: masks hardened after the last epoch")
-            if processes.is_main:
-                state = checkpoint.training_checkpoint(cfg, model, optimizer, scaler, pruner, epoch + 1, best)
-                if (epoch + 1) % cfg.save_freq == 0 or last_epoch:
-                    checkpoint.save_checkpoint(state, model_dir / f"train_epoch_{epoch + 1}.pth")
-                    prune_epoch_checkpoints(model_dir, cfg.keep_checkpoints)
-                checkpoint.save_checkpoint(state, model_dir / "last.pth")
-                if last_epoch:
-                    checkpoint.save_checkpoint(state, model_dir / "final.pth")
-            run_log.flush()
-            barrier()
-    except KeyboardInterrupt:
+                run_log.epoch("train", result.loss, result.metrics, epoch + 1)
+                logger.info(
+                    "epoch %d/%d train loss %.4f %s", epoch + 1, cfg.epochs, result.loss, _summary(result.metrics)
+                )
+                first_loss = result.loss if first_loss is None else first_loss
+                if math.isfinite(first_loss) and result.loss > 100 * max(first_loss, 1e-12):
+                    logger.warning(
+                        "epoch %d: the training loss rose from %.4g to %.4g: the run may be diverging (lower base_lr)",
+                        epoch + 1,
+                        first_loss,
+                        result.loss,
+                    )
+                if val_loader is not None:
+                    val = validate(model, val_loader, cfg, processes, training_metrics(cfg, device))
+                    run_log.epoch("val", val.loss, val.metrics, epoch + 1)
+                    run_log.images(val.samples, palette, cfg.mean, cfg.std, epoch + 1)
+                    logger.info("epoch %d/%d val loss %.4f %s", epoch + 1, cfg.epochs, val.loss, _summary(val.metrics))
+                    best = {"epoch": epoch + 1, **val.metrics} if _better(val.metrics, best) else best
+                # After validation: BatchNorm's running statistics were gathered at this epoch's
+                # temperature, and validating at the next one would scale channels they never saw.
+                pruner.update_mask_layers(model, epoch)
+                if processes.distributed and pruner.adds_masks:
+                    if not masks_agree(model):
+                        raise TrainingError(f"epoch {epoch + 1}: the masks differ between processes")
+                    logger.info("epoch %d: masks agree across %d processes", epoch + 1, processes.world_size)
+                logs = pruning_logs(pruner, model, run_log, epoch + 1)
+                run_log.mask_logits(model, epoch + 1)
+                if logs:
+                    logger.info(
+                        "epoch %d: %d of %d channels kept",
+                        epoch + 1,
+                        logs["acosp/kept_channels"],
+                        logs["acosp/total_channels"],
+                    )
+                last_epoch = epoch + 1 == cfg.epochs
+                if last_epoch and pruner.active:
+                    model, _ = end_pruning(pruner, model, optimizer)  # pruning never reached ending_epoch: harden now
+                    logger.info("training ends before ending_epoch: masks hardened after the last epoch")
+                if processes.is_main:
+                    saved = state(epoch + 1)
+                    if (epoch + 1) % cfg.save_freq == 0 or last_epoch:
+                        checkpoint.save_checkpoint(saved, model_dir / f"train_epoch_{epoch + 1}.pth")
+                        prune_epoch_checkpoints(model_dir, cfg.keep_checkpoints)
+                    if last_epoch:  # before last.pth: a run whose last.pth is finished always has its final.pth
+                        checkpoint.save_checkpoint(saved, model_dir / "final.pth")
+                    checkpoint.save_checkpoint(saved, model_dir / "last.pth")
+                run_log.flush()
+                barrier()
+    except StopRequested as stop:
         if processes.is_main:
-            path = checkpoint.save_checkpoint(
-                checkpoint.training_checkpoint(cfg, model, optimizer, scaler, pruner, epoch, best, True),
-                model_dir / "last.pth",
+            path = checkpoint.save_checkpoint(state(epoch, stop.iteration), model_dir / "last.pth")
+            logger.warning(
+                "%s in epoch %d: saved %s at iteration %d; 'resume auto' continues from there",
+                stop.signal_name,
+                epoch + 1,
+                path,
+                stop.iteration + 1,
             )
-            logger.warning("interrupted in epoch %d: saved %s; 'resume auto' repeats that epoch", epoch + 1, path)
+        return stop.exit_status
+    except KeyboardInterrupt:
+        logger.warning("stopped at once by a second Ctrl-C: nothing saved; last.pth holds the last finished epoch")
         return 130
     finally:
         run_log.close()
+    if processes.is_main and not (model_dir / "final.pth").is_file():
+        # resumed from a last.pth that had finished every epoch, after a stop before final.pth was written
+        checkpoint.save_checkpoint(state(cfg.epochs), model_dir / "final.pth")
     if processes.is_main:
         logger.info("done: %s", model_dir / "final.pth")
     close_processes()
@@ -255,7 +377,7 @@ def _better(metrics: dict, best: dict) -> bool:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (TrainingError, ValueError, FileNotFoundError, OverwriteError) as error:
+    except (TrainingError, ValueError, FileNotFoundError, OverwriteError, ExperimentBusy) as error:
         logging.getLogger("train").error("%s", error)
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)

@@ -5,6 +5,8 @@
 # the config for training and testing alike. NPROC=N starts N processes per machine with torchrun;
 # NNODES, NODE_RANK, MASTER_ADDR and MASTER_PORT spread them over several machines. PYTHON picks
 # the interpreter (default: python), DEVICE the device (auto, cpu or cuda; default auto).
+# Exit status: 0 trained and tested; 75 stopped by SIGTERM or SIGUSR1 with last.pth saved
+# ('resume auto' continues); 130 stopped by Ctrl-C; anything else failed.
 set -eu
 
 if [ "$#" -lt 2 ]; then
@@ -25,6 +27,25 @@ nproc=${NPROC:-1}
 nnodes=${NNODES:-1}
 device=${DEVICE:-auto}
 
+# Runs "$@" in the background and waits for it, passing TERM and USR1 on (a cluster's preemption,
+# `timeout`, `kill`), so that the training process saves last.pth and exits 75 rather than being
+# orphaned. Ctrl-C reaches the training process from the terminal itself.
+run_forwarding() {
+    "$@" &
+    child=$!
+    trap 'kill -TERM "$child" 2>/dev/null' TERM
+    trap 'kill -USR1 "$child" 2>/dev/null' USR1
+    trap '' INT
+    code=0
+    wait "$child" || code=$?
+    while [ "$code" -gt 128 ] && kill -0 "$child" 2>/dev/null; do  # a signal cut the wait short
+        code=0
+        wait "$child" || code=$?
+    done
+    trap - TERM USR1 INT
+    return "$code"
+}
+
 status=0
 if [ "$nproc" -gt 1 ] || [ "$nnodes" -gt 1 ]; then
     if [ "$nnodes" -gt 1 ]; then
@@ -35,11 +56,11 @@ if [ "$nproc" -gt 1 ] || [ "$nnodes" -gt 1 ]; then
             tool/train.py --config "$config" --device "$device" "$@" || status=$?
     else
         # One machine: --standalone finds a free port, so runs side by side do not collide.
-        "$python" -m torch.distributed.run --standalone --nproc_per_node="$nproc" \
+        run_forwarding "$python" -m torch.distributed.run --standalone --nproc_per_node="$nproc" \
             tool/train.py --config "$config" --device "$device" "$@" || status=$?
     fi
 else
-    "$python" tool/train.py --config "$config" --device "$device" "$@" || status=$?
+    run_forwarding "$python" tool/train.py --config "$config" --device "$device" "$@" || status=$?
 fi
 if [ "$status" -ne 0 ]; then
     echo "training failed (exit code $status): not testing" >&2

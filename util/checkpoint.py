@@ -12,10 +12,12 @@ random state a resumed run restores, and the check that the folder can hold the 
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +33,84 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, or does not fit the network it describes."""
 
 
+CHECKSUM = "checksum"  # the entry of a checkpoint that holds the SHA-256 of its tensors
+
+
+def _tensors(value: Any, name: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor inside nested dicts, lists and tuples, with a path naming it (``optimizer.state.0.exp_avg``)."""
+    if isinstance(value, torch.Tensor):
+        yield name, value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _tensors(item, f"{name}.{key}" if name else str(key))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _tensors(item, f"{name}.{index}" if name else str(index))
+
+
+def tensor_checksum(state: Mapping[str, Any]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of every tensor in ``state`` (its checksum entry aside)."""
+    digest = hashlib.sha256()
+    tensors = sorted(_tensors({key: value for key, value in state.items() if key != CHECKSUM}), key=lambda t: t[0])
+    for name, tensor in tensors:
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def non_finite_tensors(state: Mapping[str, Any]) -> list[str]:
+    """The names of the floating-point tensors in ``state`` that hold an inf or a NaN."""
+    return [
+        name
+        for name, tensor in _tensors(state)
+        if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all())
+    ]
+
+
+def size_text(count: float) -> str:
+    """Bytes as GiB, or MiB below one GiB (so small runs do not read '0.00 GiB')."""
+    return f"{count / 2**30:.2f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
+
+
 def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` through a temporary file, so a crash never leaves half a checkpoint."""
+    """Write ``state`` to ``path`` through a temporary file, so a crash never leaves half a checkpoint.
+
+    Refuses (CheckpointError, nothing written) a state with a non-finite tensor, so that the last
+    checkpoint on disk is always a good one; adds the checksum ``load_checkpoint`` verifies. A full
+    disk is an error that names the file and the space left.
+    """
     path = Path(path)
+    bad = non_finite_tensors(state)
+    if bad:
+        listed = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise CheckpointError(
+            f"not writing {path}: non-finite values in {listed} (the training diverged); the checkpoints "
+            "already there are the last good ones. Try a lower base_lr, or amp false."
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as temporary:
-        torch.save(dict(state), temporary)
-        with open(temporary, "rb") as written:
-            os.fsync(written.fileno())
+    state = {**state, CHECKSUM: tensor_checksum(state)}
+    try:
+        with atomic_path(path) as temporary:
+            torch.save(state, temporary)
+            with open(temporary, "rb") as written:
+                os.fsync(written.fileno())
+    except (OSError, RuntimeError) as error:  # torch reports a full disk as a RuntimeError of its stream writer
+        free = shutil.disk_usage(path.parent).free
+        raise CheckpointError(
+            f"cannot write checkpoint {path}: {error} ({size_text(free)} free on that disk); the checkpoints "
+            "already there are untouched"
+        ) from error
     return path
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The dict saved at ``path``; tensors only, no pickled code (``weights_only=True``)."""
+    """The dict saved at ``path``; tensors only, no pickled code (``weights_only=True``).
+
+    A checkpoint written by ``save_checkpoint`` carries a checksum of its tensors: a mismatch (bytes
+    changed on disk) is an error naming the file. Checkpoints without one (the publication's,
+    semseg's) load unchecked.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -53,7 +120,28 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint {path} cannot be read: {error}") from error
     if not isinstance(content, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(content).__name__}, not a dict")
+    expected = content.pop(CHECKSUM, None)
+    if isinstance(expected, str) and tensor_checksum(content) != expected:
+        raise CheckpointError(
+            f"checkpoint {path} is damaged: its tensors do not match the checksum written with them "
+            "(the file changed on disk); use another checkpoint, e.g. an earlier train_epoch_*.pth"
+        )
     return content
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files that writes killed midway left in ``folder`` (``.last.pth.XXXXXXXX.pth``).
+
+    Only call this while holding the folder (util.experiment_lock): another run's save in progress
+    looks the same.
+    """
+    removed = []
+    for path in folder.glob(".*"):
+        match = re.fullmatch(r"\.(.+)\.[a-z0-9_]{8}(\.\w+)", path.name)  # util.atomic's naming
+        if path.is_file() and match and match.group(1).endswith(match.group(2)):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def network_state(checkpoint: Mapping[str, Any], path: str | Path = "checkpoint") -> dict[str, torch.Tensor]:
@@ -116,6 +204,12 @@ def model_from_checkpoint(path: str | Path, cfg: Any = None, map_location: str |
         if cfg is None:
             raise CheckpointError(f"checkpoint {path} has no 'arch' entry; give the config of the network it holds")
         arch = describe_arch(cfg)  # the network's shape; its weights come from the checkpoint, not pretrained_weights
+    classes = cfg.get("classes") if isinstance(cfg, Mapping) else getattr(cfg, "classes", None)
+    if classes is not None and arch.get("classes") not in (None, classes):
+        raise CheckpointError(
+            f"checkpoint {path} holds a network of {arch['classes']} classes, but the config has {classes} "
+            "(classes); test it with its own dataset's config"
+        )
     model = build_model(arch)
     if isinstance(checkpoint.get("compression"), Mapping):
         from acosp.compress import apply_compression_spec
@@ -161,8 +255,7 @@ def check_free_space(folder: Path, model: nn.Module, checkpoints_in_flight: int 
     free = shutil.disk_usage(folder).free
     if free < needed:
         raise CheckpointError(
-            f"{folder} has {free / 2**30:.2f} GiB free, but checkpoints of this network need about "
-            f"{needed / 2**30:.2f} GiB"
+            f"{folder} has {size_text(free)} free, but checkpoints of this network need about {size_text(needed)}"
         )
 
 

@@ -136,7 +136,19 @@ SCHEMA: dict[str, Key] = {
         ("keep_checkpoints", int, None, "keep only this many recent epoch checkpoints; null: keep all"),
         ("save_path", str, None, "checkpoint folder; null: exp/<dataset>/<config name without dataset>/model"),
         ("weight", str, None, "a checkpoint to start from (weights only)"),
-        ("resume", str, None, "a checkpoint to resume training from (weights, optimizer, epoch, pruner)"),
+        (
+            "resume",
+            str,
+            None,
+            "a checkpoint to resume training from (weights, optimizer, epoch, pruner); auto: last.pth",
+        ),
+        (
+            "resume_pruning",
+            str,
+            "check",
+            "a resumed checkpoint pruned otherwise than the config: check (stop, naming both) or checkpoint (follow)",
+        ),
+        ("overwrite", bool, False, "start afresh over the checkpoints of an earlier run in save_path"),
         ("evaluate", bool, False, "evaluate on val_list after every epoch"),
         ("sparsity", float, 0.0, "fraction of each layer's channels ACoSP removes, in [0, 1); 0: dense"),
         ("starting_epoch", int, 0, "the mask temperature starts falling after this epoch"),
@@ -439,6 +451,12 @@ def _problems(cfg: CfgNode) -> list[str]:
     need(cfg.lr_update in ("iteration", "epoch"), f"lr_update must be iteration or epoch, got {cfg.lr_update!r}")
     need(0 < cfg.width <= 1, f"width must be in (0, 1], got {cfg.width}")
     need(1 <= cfg.blocks <= 5, f"blocks must be in 1..5, got {cfg.blocks}")
+    if arch == "segnet" and 1 <= cfg.blocks <= 5:  # each block halves the size: a side below 2**blocks pools to 0
+        for key in ("train_h", "train_w", "test_h", "test_w"):
+            need(
+                cfg[key] >= 2**cfg.blocks,
+                f"{key} must be at least {2**cfg.blocks} for SegNet with {cfg.blocks} blocks, got {cfg[key]}",
+            )
     need(cfg.round_to >= 1, f"round_to must be at least 1, got {cfg.round_to}")
     need(cfg.start_epoch <= cfg.epochs, f"start_epoch {cfg.start_epoch} is after the last epoch ({cfg.epochs})")
     need(
@@ -449,6 +467,10 @@ def _problems(cfg: CfgNode) -> list[str]:
     need(
         cfg.starting_epoch <= cfg.ending_epoch,
         f"starting_epoch ({cfg.starting_epoch}) must not come after ending_epoch ({cfg.ending_epoch})",
+    )
+    need(
+        cfg.resume_pruning in ("check", "checkpoint"),
+        f"resume_pruning must be check or checkpoint, got {cfg.resume_pruning!r}",
     )
     need(cfg.selection in SELECTIONS, f"selection must be one of {', '.join(SELECTIONS)}, got {cfg.selection!r}")
     if cfg.sparsity > 0:

@@ -60,7 +60,7 @@ def read_list(
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     if not os.path.isfile(list_path):
         raise FileNotFoundError(f"{list_path}: list file not found")
-    with open(list_path, encoding="utf-8") as handle:
+    with open(list_path, encoding="utf-8-sig") as handle:  # -sig: a byte-order mark is not part of a path
         lines = handle.read().splitlines()
     entries, missing = [], []
     for number, line in enumerate(lines, 1):

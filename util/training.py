@@ -19,8 +19,10 @@ from tqdm import tqdm
 
 from acosp.pruner import SoftTopKPruner
 from model import is_classification
+from util.checkpoint import restore_rng_state
 from util.distributed import Processes, all_reduce_sum, any_rank
 from util.optimizer import drop_stale_parameters, learning_rate, set_learning_rate
+from util.stop_signals import StopRequested
 
 
 class TrainingError(RuntimeError):
@@ -56,6 +58,7 @@ class StepContext:
     max_iterations: int
     writer: Any = None
     log: Callable[[str], None] = print
+    stop: Callable[[], str | None] = lambda: None  # the stop signal received, if any (util.stop_signals)
 
 
 def _autocast(cfg: Any, device: torch.device):
@@ -69,8 +72,22 @@ def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_
     return x, y.to(device, non_blocking=True)
 
 
-def train_epoch(model: nn.Module, loader: DataLoader, epoch: int, context: StepContext, metrics) -> EpochResult:
-    """One pass over the training data; stops with a TrainingError on a loss that is not finite."""
+def train_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    epoch: int,
+    context: StepContext,
+    metrics,
+    skip: int = 0,
+    rng: dict | None = None,
+) -> EpochResult:
+    """One pass over the training data; stops with a TrainingError on a loss that is not finite.
+
+    Before each iteration it raises StopRequested (on every process alike) once a stop signal has
+    arrived. ``skip`` and ``rng`` continue an epoch that such a stop cut short: the first ``skip``
+    batches are loaded and passed over, so the rest come exactly as they would have, and the random
+    state is then set to the one saved at the stop.
+    """
     cfg, processes, optimizer, scaler = context.cfg, context.processes, context.optimizer, context.scaler
     device = processes.device
     channels_last = device.type == "cuda" and bool(cfg.amp)
@@ -79,7 +96,15 @@ def train_epoch(model: nn.Module, loader: DataLoader, epoch: int, context: StepC
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
     bar = progress_bar(loader, processes, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
+    distributed = processes.world_size > 1
     for i, (x, y) in enumerate(bar):
+        if i < skip:
+            continue
+        if i == skip and rng is not None:
+            restore_rng_state(rng)
+        received = context.stop()
+        if any_rank(received is not None, device) if distributed else received is not None:
+            raise StopRequested(received or "a stop signal on another process", i)
         iteration = epoch * iterations + i
         if cfg.lr_update == "epoch":
             lr = learning_rate(cfg.lr_schedule, cfg.base_lr, epoch, cfg.epochs, cfg.power)
