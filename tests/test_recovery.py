@@ -71,14 +71,15 @@ def test_a_signal_mid_epoch_saves_the_iteration_and_the_resumed_run_equals_the_u
     assert same_weights(weights(model_dir / "final.pth"), weights(tmp_path / "whole" / "exp" / "model" / "final.pth"))
 
 
-def test_train_sh_passes_sigterm_on_and_exits_75_with_last_pth_saved(tmp_path):
+@pytest.mark.parametrize("nproc", ["1", "2"])
+def test_train_sh_passes_sigterm_on_and_exits_75_with_last_pth_saved(tmp_path, nproc):
     config = write_config(tmp_path, epochs=400, ending_epoch=2, evaluate=False, print_freq=1)
     copy = tmp_path / "repo"
     (copy / "config" / "tiny").mkdir(parents=True)
     for name in ("tool", "util", "model", "acosp", "dataset"):
         os.symlink(ROOT / name, copy / name)
     (copy / "config" / "tiny" / "tiny_segnet.yaml").write_text(config.read_text())
-    env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "OMP_NUM_THREADS": "1", "NPROC": nproc}
     process = subprocess.Popen(["sh", "tool/train.sh", "tiny", "segnet"], cwd=copy, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     log = tmp_path / "exp" / "model"
@@ -89,7 +90,8 @@ def test_train_sh_passes_sigterm_on_and_exits_75_with_last_pth_saved(tmp_path):
     out, _ = process.communicate(timeout=120)
     assert process.returncode == EXIT_PREEMPTED, out[-2000:]
     assert "SIGTERM in epoch" in out and "training failed (exit code 75): not testing" in out
-    assert load_checkpoint(log / "last.pth")["epoch"] < 400
+    last = load_checkpoint(log / "last.pth")
+    assert last["epoch"] < 400 and last["interrupted"] in (True, False)  # stopped within an epoch or between two
 
 
 def test_a_run_stopped_before_final_pth_was_written_writes_it_on_resume(tmp_path):

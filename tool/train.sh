@@ -29,12 +29,14 @@ device=${DEVICE:-auto}
 
 # Runs "$@" in the background and waits for it, passing TERM and USR1 on (a cluster's preemption,
 # `timeout`, `kill`), so that the training process saves last.pth and exits 75 rather than being
-# orphaned. Ctrl-C reaches the training process from the terminal itself.
+# orphaned. Ctrl-C reaches the training process from the terminal itself. torchrun passes the
+# signal on to its workers, which save and exit 75, but exits 1 itself: that becomes 75 here.
 run_forwarding() {
     "$@" &
     child=$!
-    trap 'kill -TERM "$child" 2>/dev/null' TERM
-    trap 'kill -USR1 "$child" 2>/dev/null' USR1
+    passed_on=0
+    trap 'passed_on=1; kill -TERM "$child" 2>/dev/null' TERM
+    trap 'passed_on=1; kill -USR1 "$child" 2>/dev/null' USR1
     trap '' INT
     code=0
     wait "$child" || code=$?
@@ -43,6 +45,9 @@ run_forwarding() {
         wait "$child" || code=$?
     done
     trap - TERM USR1 INT
+    if [ "$passed_on" = 1 ] && [ "$code" = 1 ] && [ "$2" = -m ]; then
+        code=75  # torchrun (python -m torch.distributed.run) after its workers saved
+    fi
     return "$code"
 }
 
@@ -50,7 +55,7 @@ status=0
 if [ "$nproc" -gt 1 ] || [ "$nnodes" -gt 1 ]; then
     if [ "$nnodes" -gt 1 ]; then
         # Several machines: every one runs this script with its own NODE_RANK and the same master.
-        "$python" -m torch.distributed.run --nproc_per_node="$nproc" --nnodes="$nnodes" \
+        run_forwarding "$python" -m torch.distributed.run --nproc_per_node="$nproc" --nnodes="$nnodes" \
             --node_rank="${NODE_RANK:?set NODE_RANK for a run on several machines}" \
             --master_addr="${MASTER_ADDR:?set MASTER_ADDR}" --master_port="${MASTER_PORT:?set MASTER_PORT}" \
             tool/train.py --config "$config" --device "$device" "$@" || status=$?
