@@ -74,10 +74,23 @@ def base_name(name: str) -> str:
 
 
 def is_step(module: nn.Module) -> bool:
-    """Layers recorded as one call and rebuilt narrower: masked convs, convs, linear layers, BatchNorm."""
+    """Layers recorded as one call and rebuilt narrower: masked convs, convs, linear layers, BatchNorm.
+
+    BatchNorm subclasses with a forward of their own (timm's ``BatchNormAct2d``: BatchNorm, dropout
+    and an activation) count too: in eval mode they map each channel on its own, which is all
+    compression needs; so do Linear subclasses (timm's casts its weight to the input's dtype).
+    ``compress``'s check on the example input verifies that for each network.
+    """
     if isinstance(module, MaskedConv):
         return type(module.conv).forward in (nn.Conv2d.forward, nn.ConvTranspose2d.forward)
-    return type(module).forward in _STEP_FORWARDS
+    if isinstance(module, nn.Linear) and module.weight.dim() == 2:  # subclasses that only cast (timm's Linear)
+        return True
+    return type(module).forward in _STEP_FORWARDS or is_channelwise_norm(module)
+
+
+def is_channelwise_norm(module: nn.Module) -> bool:
+    """A BatchNorm subclass whose own forward adds channel-wise steps (an activation) to the normalisation."""
+    return isinstance(module, nn.modules.batchnorm._BatchNorm) and type(module).forward is not _BATCH_NORM_FORWARD
 
 
 @dataclasses.dataclass(eq=False)

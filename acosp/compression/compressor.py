@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from acosp.compression.channels import UNPOOLING, ChannelFlow, is_step
+from acosp.compression.channels import UNPOOLING, ChannelFlow, is_channelwise_norm, is_step
 from acosp.compression.layers import RemovedLayer
 from acosp.compression.spec import SPEC_FORMAT, SPEC_VERSION, build_layer
 from acosp.compression.trace import Graph, Node, Value, tensors_in, trace
@@ -249,7 +249,29 @@ def _narrowed(
         return _narrowed_linear(module, call, flow)
     if flow.required[source.index].all():
         return None
+    if is_channelwise_norm(module):
+        return narrowed_norm_copy(module, flow.layout(source)), {
+            "type": "NarrowedNorm",
+            "num_features": len(flow.layout(source)),
+            "original_num_features": module.num_features,
+            "class": f"{type(module).__module__}.{type(module).__qualname__}",
+        }
     return _narrowed_batch_norm(module, flow.layout(source))
+
+
+def narrowed_norm_copy(norm: nn.Module, layout: torch.Tensor) -> nn.Module:
+    """A copy of a BatchNorm subclass (its own class and forward) keeping the channels ``layout`` lists."""
+    new = copy.deepcopy(norm)
+    index = torch.as_tensor(layout, dtype=torch.long)
+    for name, tensor in [*new.named_parameters(recurse=False), *new.named_buffers(recurse=False)]:
+        if tensor is not None and tensor.dim() >= 1 and tensor.shape[0] == norm.num_features:
+            narrowed = tensor.detach()[index.to(tensor.device)].clone()
+            if isinstance(tensor, nn.Parameter):
+                setattr(new, name, nn.Parameter(narrowed, requires_grad=tensor.requires_grad))
+            else:
+                new._buffers[name] = narrowed
+    new.num_features = len(index)
+    return new
 
 
 def _constants(call: Node, value: Value, dropped: torch.Tensor) -> torch.Tensor:
@@ -303,6 +325,7 @@ def _batch_norms_after_convs(graph: Graph) -> dict[int, nn.Module]:
         norm = users[0].target
         if (
             isinstance(norm, nn.BatchNorm2d)
+            and not is_channelwise_norm(norm)  # its activation cannot go into the conv
             and norm.running_mean is not None
             and norm.num_features == conv.out_channels
             and len(calls[id(norm)]) == 1

@@ -55,7 +55,12 @@ def apply_compression_spec(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
             raise ValueError(
                 f"the compression spec has a {entry['type']} at '{name}', but this network has a {type(base).__name__}"
             )
-        layer = build_layer(entry, name)
+        if entry["type"] == "NarrowedNorm":  # the network's own layer, narrowed: values come with the state dict
+            from acosp.compression.compressor import narrowed_norm_copy
+
+            layer = narrowed_norm_copy(base, torch.arange(entry["num_features"]))
+        else:
+            layer = build_layer(entry, name)
         reference = next(iter([*base.parameters(), *base.buffers()]), None)
         if reference is not None:  # where the layer it replaces lives
             layer.to(device=reference.device, dtype=reference.dtype if reference.is_floating_point() else None)
@@ -96,6 +101,7 @@ BASE_TYPES = {
     "BatchNorm2d": nn.BatchNorm2d,
     "BatchNorm3d": nn.BatchNorm3d,
     "Identity": nn.modules.batchnorm._BatchNorm,  # a BatchNorm folded into the conv before it
+    "NarrowedNorm": nn.modules.batchnorm._BatchNorm,  # a BatchNorm subclass of its own, narrowed in place
 }
 
 

@@ -1,0 +1,56 @@
+"""acosp on torchvision's and timm's networks: trained with masks, hardened, compressed exactly, or refused by name.
+
+Runs where torchvision (and timm) import: ``.ci/run`` installs them in an environment of their own
+(``pip install torch==2.14.1 torchvision==0.29.1 timm``), since PyPI's torchvision does not import
+beside the CPU torch wheel of the main suite. ``python benchmarks/zoo.py`` runs the whole zoo.
+"""
+
+import pytest
+
+torchvision = pytest.importorskip("torchvision", reason="the zoo needs torchvision (see tests/test_zoo.py)")
+
+from benchmarks.zoo import timm_models, torchvision_models, try_network  # noqa: E402
+
+TORCHVISION = dict(torchvision_models())
+
+# What compresses exactly today, with independent masks at 0.5 and coupled masks at 0.75.
+EXACT = [
+    "resnet18",
+    "mobilenet_v3_small",
+    "regnet_x_400mf",
+    "efficientnet_b0",
+    "densenet121",
+    "lraspp_mobilenet_v3_large",
+]
+# What compression refuses, and the op and layer its error names.
+REFUSED = {
+    "convnext_tiny": "'permute' (called in features.0.1)",
+    "shufflenet_v2_x0_5": "'view' (called in stage2.0)",
+}
+
+
+@pytest.mark.parametrize("coupled, sparsity", [(False, 0.5), (True, 0.75)])
+@pytest.mark.parametrize("name", EXACT)
+def test_torchvision_networks_train_harden_and_compress_exactly(name, coupled, sparsity):
+    row = try_network(TORCHVISION[name], sparsity, coupled, 96)
+    assert row["exact"], row["error"]
+    assert row["macs"] > 1.3 and row["parameters"] > 1.3
+
+
+@pytest.mark.parametrize("name, where", REFUSED.items())
+def test_what_compression_cannot_follow_is_named_with_its_layer(name, where):
+    row = try_network(TORCHVISION[name], 0.5, False, 96)
+    assert row["exact"] is None and "UnsupportedOperation" in row["error"] and where in row["error"]
+
+
+# timm networks built of its BatchNormAct2d (and its Linear): compressed in place, activation and all.
+TIMM_EXACT = ["resnet18", "efficientnet_b0", "regnety_002", "cspresnet50", "ghostnet_100"]
+
+
+@pytest.mark.parametrize("name", TIMM_EXACT)
+def test_timm_networks_compress_exactly(name):
+    pytest.importorskip("timm", reason="timm is not installed")
+    ((_, make),) = timm_models([name])
+    row = try_network(make, 0.5, False, 96)
+    assert row["exact"], row["error"]
+    assert row["macs"] > 1.3
