@@ -3,6 +3,7 @@
     python benchmarks/zoo.py torchvision                      # every torchvision CNN, independent masks at 0.5
     python benchmarks/zoo.py torchvision --coupled --sparsity 0.75
     python benchmarks/zoo.py timm --only resnet50d convnext_atto
+    python benchmarks/zoo.py torchvision timm --table docs/zoo.md   # both settings, the table in docs/zoo.md
 
 Needs torchvision (and timm for the timm list): ``pip install torch==2.14.1 torchvision==0.29.1 timm``
 in an environment of its own. Each network, with random weights: masks at ``--sparsity`` (coupled
@@ -30,6 +31,7 @@ from torch import nn  # noqa: E402
 import acosp.compress  # noqa: E402
 import acosp.inject  # noqa: E402
 from acosp import SoftTopKPruner  # noqa: E402
+from util.experiment import machine, write_table  # noqa: E402
 
 # Transformers without convs to prune, and networks too large for a CPU run of a few seconds.
 SKIPPED_TORCHVISION = ("vit_", "swin", "maxvit", "regnet_y_128gf", "regnet_y_32gf", "regnet_y_16gf", "vgg")
@@ -106,7 +108,7 @@ def _step(model: nn.Module, x: torch.Tensor) -> None:
 
 
 # Networks whose pooling needs a larger input than the default size.
-MINIMUM_SIZE = {"inception_v3": 160}
+MINIMUM_SIZE = {"inception_v3": 299}  # its auxiliary classifier pools a 5x5 window late
 
 
 def try_network(make, sparsity: float, coupled: bool, size: int) -> dict:
@@ -141,6 +143,49 @@ def try_network(make, sparsity: float, coupled: bool, size: int) -> dict:
     return row
 
 
+def _cells(row: dict) -> list[str]:
+    if row["exact"]:
+        return ["exact", f"{row['macs']:.2f}x", f"{row['parameters']:.2f}x"]
+    return ["no", "", ""]
+
+
+def _reason(row: dict) -> str:
+    """The first operation and layer an error names, in a few words."""
+    text = row["error"].split(": ", 1)[-1].removeprefix("cannot compress this network: ")
+    return text.split(";")[0][:140].replace("|", "/")
+
+
+def markdown(rows: dict, settings: list, command: str, seconds: float) -> str:
+    head = ["zoo", "network"]
+    for sparsity, coupled in settings:
+        label = f"{sparsity:g} {'coupled' if coupled else 'independent'}"
+        head += [f"{label}: exact", "MACs", "parameters"]
+    head.append("where compression stops")
+    lines = ["| " + " | ".join(head) + " |", "| --- | --- | " + " | ".join("---:" for _ in head[2:-1]) + " | --- |"]
+    for (zoo, name), results in rows.items():
+        cells = [zoo, name]
+        for result in results:
+            cells += _cells(result)
+        failed = next((r for r in results if not r["exact"]), None)
+        cells.append(_reason(failed) if failed else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    counts = []
+    for i, (sparsity, coupled) in enumerate(settings):
+        exact = sum(bool(results[i]["exact"]) for results in rows.values())
+        counts.append(f"{exact} of {len(rows)} exact at {sparsity:g} {'coupled' if coupled else 'independent'}")
+    counts = ", ".join(counts)
+    return "\n".join(
+        lines
+        + [
+            "",
+            f"*Written by `{command}` in {seconds / 60:.0f} minutes on {machine()} (torch {torch.__version__}): "
+            f"{counts}. Random weights, one SGD step with soft and one with hard masks, then `acosp.compress` "
+            "in eval mode on two random 96x96 images (299x299 for Inception v3); exact: within 1e-4 of the masked "
+            "network (max |difference| / max |output|); MACs and parameters: masked network / compressed one.*",
+        ]
+    )
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("zoos", nargs="+", choices=("torchvision", "timm"))
@@ -149,24 +194,38 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--only", nargs="+", help="only these networks")
     parser.add_argument("--traceback", action="store_true", help="print each failure's traceback")
+    parser.add_argument("--table", type=Path, help="run 0.5 independent and 0.75 coupled; write the table there")
     args = parser.parse_args(argv)
+    settings = [(0.5, False), (0.75, True)] if args.table else [(args.sparsity, args.coupled)]
+    if args.table and "<!-- zoo-table:start -->" not in (args.table.read_text() if args.table.is_file() else ""):
+        parser.error(f"{args.table} has no <!-- zoo-table:start --> marker for the table")
     networks = []
     for zoo in args.zoos:
         for name, make in torchvision_models() if zoo == "torchvision" else timm_models():
             if args.only is None or name in args.only:
                 networks.append((zoo, name, make))
-    masks = f"{'coupled' if args.coupled else 'independent'} masks at sparsity {args.sparsity:g}"
-    print(f"{len(networks)} networks, {masks}, {args.size}x{args.size}, torch {torch.__version__}", flush=True)
-    exact = 0
-    for zoo, name, make in networks:
-        row = try_network(make, args.sparsity, args.coupled, max(args.size, MINIMUM_SIZE.get(name, 0)))
-        exact += bool(row["exact"])
-        if row["exact"]:
-            result = f"exact  MACs {row['macs']:5.2f}x  parameters {row['parameters']:5.2f}x"
-        else:
-            result = f"FAILED {row['error']}"
-        print(f"{zoo:<12} {name:<32} {row['seconds']:6.1f} s  {result}", flush=True)
-    print(f"{exact} of {len(networks)} compress exactly ({masks})")
+    started = time.perf_counter()
+    rows: dict = {}
+    for sparsity, coupled in settings:
+        masks = f"{'coupled' if coupled else 'independent'} masks at sparsity {sparsity:g}"
+        print(f"{len(networks)} networks, {masks}, {args.size}x{args.size}, torch {torch.__version__}", flush=True)
+        exact = 0
+        for zoo, name, make in networks:
+            size = max(args.size, MINIMUM_SIZE.get(name, 0))
+            row = try_network(make, sparsity, coupled, size)
+            rows.setdefault((zoo, name), []).append(row)
+            exact += bool(row["exact"])
+            if row["exact"]:
+                result = f"exact  MACs {row['macs']:5.2f}x  parameters {row['parameters']:5.2f}x"
+            else:
+                result = f"FAILED {row['error']}"
+            print(f"{zoo:<12} {name:<32} {row['seconds']:6.1f} s  {result}", flush=True)
+        print(f"{exact} of {len(networks)} compress exactly ({masks})", flush=True)
+    if args.table:
+        given = argv if argv is not None else sys.argv[1:]
+        command = " ".join(["python benchmarks/zoo.py", *given])
+        write_table("zoo", args.table, markdown(rows, settings, command, time.perf_counter() - started))
+        print(f"wrote {args.table}")
     return 0
 
 

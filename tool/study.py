@@ -55,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("study", choices=sorted(PRESETS), help="which study")
     parser.add_argument("--sparsities", type=float, nargs="+", help="the sparsities of the pruned cells")
     parser.add_argument("--seeds", type=int, nargs="+", help="the seeds of every cell")
-    parser.add_argument("--cells", nargs="+", help="only these cells (names as --dry-run lists them)")
+    parser.add_argument("--cells", nargs="+", help="run only these cells (names as --dry-run lists them)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
     parser.add_argument("--folder", type=Path, help="where the runs go (exp/study/STUDY)")
     parser.add_argument("--results", type=Path, help="the summary, JSON and CSV (benchmarks/study_STUDY.json)")
@@ -80,7 +80,6 @@ def build_study(args: argparse.Namespace) -> Study:
         if unknown:
             names = ", ".join(cell.name for cell in study.cells)
             raise ValueError(f"study {study.name} has no cells {unknown}; it has {names}")
-        study.cells = [cell for cell in study.cells if cell.name in args.cells]
     study.check()
     return study
 
@@ -150,7 +149,8 @@ def main(argv=None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    runs = study.runs()
+    # --cells runs a part of the grid; the summary and the table still cover all of it
+    runs = [run for run in study.runs() if not args.cells or run.cell.name in args.cells]
     states = {run.name: state_of(study, run, run_folder(folder, run), records) for run in runs}
     for note in study.notes:
         print(note)
@@ -195,7 +195,7 @@ def main(argv=None) -> int:
         with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(execute, pending))
     rows = summary()
-    finished = [records[run.name] for run in runs if run.name in records]
+    finished = [records[run.name] for run in study.runs() if run.name in records]
     run_minutes = sum(record["seconds"] for record in finished) / 60
     dates = sorted({record.get("date", "") for record in finished} - {""})
     when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}" if dates else "no date"
