@@ -64,3 +64,32 @@ def test_a_batchnorm_subclass_with_an_activation_is_narrowed_in_place_and_keeps_
     rebuilt.load_state_dict(small.state_dict())
     assert torch.allclose(rebuilt.eval()(x), small(x), atol=1e-6)
     assert isinstance(rebuilt[1], BatchNormAct) and rebuilt[1].num_features == 8
+
+
+class StdConv(nn.Conv2d):
+    """A weight-standardised conv, as timm's NFNets use: the filters it applies are computed in forward."""
+
+    def forward(self, x):
+        mean = self.weight.mean(dim=(1, 2, 3), keepdim=True)
+        std = self.weight.std(dim=(1, 2, 3), keepdim=True)
+        return nn.functional.conv2d(x, (self.weight - mean) / (std + 1e-5), self.bias, self.stride, self.padding)
+
+
+def test_convs_that_compute_their_filters_are_compressed_with_the_filters_they_compute():
+    torch.manual_seed(0)
+
+    def standardised():
+        return nn.Sequential(StdConv(3, 16, 3, padding=1), nn.ReLU(), StdConv(16, 16, 3, padding=1), nn.ReLU(),
+                             nn.Conv2d(16, 4, 1))  # fmt: skip
+
+    model = standardised()
+    pruner = SoftTopKPruner(final_sparsity=0.5, min_remaining_elements=1)
+    model = acosp.inject.soft_to_hard_k(pruner.configure_model(model)).eval()
+    x = torch.randn(2, 3, 12, 12)
+    small = compress(model, x)
+    assert torch.allclose(small(x), model(x), atol=1e-5)
+    assert model_statistics(small, x)["macs"] < model_statistics(model, x, as_compressed=False)["macs"] / 2
+    assert isinstance(model[0].conv, StdConv)  # the model itself is unchanged
+    rebuilt = apply_compression_spec(standardised(), compression_spec(small))
+    rebuilt.load_state_dict(small.state_dict())
+    assert torch.allclose(rebuilt.eval()(x), small(x), atol=1e-6)
