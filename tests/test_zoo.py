@@ -43,8 +43,8 @@ def test_what_compression_cannot_follow_is_named_with_its_layer(name, where):
     assert row["exact"] is None and "UnsupportedOperation" in row["error"] and where in row["error"]
 
 
-# timm networks built of its BatchNormAct2d (and its Linear): compressed in place, activation and all.
-TIMM_EXACT = ["resnet18", "efficientnet_b0", "regnety_002", "cspresnet50", "ghostnet_100"]
+# timm networks built of its BatchNormAct2d (and its Linear), or of weight-standardised convs (NF-ResNet).
+TIMM_EXACT = ["resnet18", "efficientnet_b0", "regnety_002", "cspresnet50", "ghostnet_100", "nf_resnet26"]
 
 
 @pytest.mark.parametrize("name", TIMM_EXACT)
