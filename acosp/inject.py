@@ -17,6 +17,10 @@ from acosp.masks import ChannelMask, SigmoidSoftTopK, num_kept_channels, rounded
 
 PRUNABLE_TYPES = (nn.Conv2d, nn.ConvTranspose2d)
 
+SELECTIONS = ("logits", "l1")
+"""How hard masks choose their channels: the learned logits (ACoSP), or the filters' L1 norms
+(Li et al., "Pruning Filters for Efficient ConvNets": the network trains dense until pruning ends)."""
+
 
 class UnprunableConv2d(nn.Conv2d):
     """A conv that must keep its width (a classifier, say); ``configure_model`` leaves it alone."""
@@ -261,8 +265,8 @@ def soft_to_hard_k(model: nn.Module, round_to: int = 1, selection: str = "logits
     together): use ``model = soft_to_hard_k(model)``.
     """
     rounded_up(1, round_to, 1)  # validates round_to
-    if selection not in ("logits", "l1"):
-        raise ValueError(f"selection must be logits or l1, got {selection!r}")
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be {' or '.join(SELECTIONS)}, got {selection!r}")
     scores = filter_l1_norms(model) if selection == "l1" else {}
 
     def harden(child: nn.Module) -> nn.Module | None:

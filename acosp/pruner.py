@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from acosp import inject, masks, stats
+from acosp.inject import SELECTIONS
 
 _STATE_KEYS = (
     "starting_epoch",
@@ -24,10 +25,6 @@ _STATE_KEYS = (
     "coupled_masks",
     "selection",
 )
-
-SELECTIONS = ("logits", "l1")
-"""How hard masks choose their channels: the learned logits (ACoSP), or the filters' L1 norms
-(Li et al., "Pruning Filters for Efficient ConvNets": the network trains dense until pruning ends)."""
 
 
 def annealed_temperature(

@@ -66,24 +66,7 @@ def setup_logging(log_file: Path | None) -> None:
     )
 
 
-def make_pruner(cfg) -> SoftTopKPruner:
-    """The config's pruning schedule; at sparsity 0 (a dense run) an inactive pruner that changes nothing."""
-    return SoftTopKPruner(
-        active=cfg.sparsity > 0,
-        starting_epoch=cfg.starting_epoch,
-        ending_epoch=cfg.ending_epoch,
-        final_sparsity=cfg.sparsity,
-        min_remaining_elements=cfg.min_remaining_elements,
-        initial_temp=cfg.initial_temp,
-        final_temp=cfg.final_temp,
-        learnable_weights=cfg.learnable_weights,
-        round_to=cfg.round_to,
-        coupled_masks=cfg.coupled_masks,
-        selection=cfg.selection,
-    )
-
-
-# Config keys and the pruner settings they become: a resumed checkpoint must agree on them.
+# Config keys and the pruner settings they become (make_pruner); a resumed checkpoint must agree on them.
 PRUNING_KEYS = {
     "sparsity": "final_sparsity",
     "starting_epoch": "starting_epoch",
@@ -96,6 +79,11 @@ PRUNING_KEYS = {
     "coupled_masks": "coupled_masks",
     "selection": "selection",
 }
+
+
+def make_pruner(cfg) -> SoftTopKPruner:
+    """The config's pruning schedule; at sparsity 0 (a dense run) an inactive pruner that changes nothing."""
+    return SoftTopKPruner(active=cfg.sparsity > 0, **{setting: cfg[key] for key, setting in PRUNING_KEYS.items()})
 
 
 def follow_resumed_pruning(cfg, pruner: SoftTopKPruner, saved: dict | None, path: Path) -> None:
@@ -356,10 +344,10 @@ def run(cfg, processes, removed: list) -> int:
         return 130
     finally:
         run_log.close()
-    if processes.is_main and not (model_dir / "final.pth").is_file():
-        # resumed from a last.pth that had finished every epoch, after a stop before final.pth was written
-        checkpoint.save_checkpoint(state(cfg.epochs), model_dir / "final.pth")
     if processes.is_main:
+        if not (model_dir / "final.pth").is_file():
+            # resumed from a last.pth that had finished every epoch, after a stop before final.pth was written
+            checkpoint.save_checkpoint(state(cfg.epochs), model_dir / "final.pth")
         logger.info("done: %s", model_dir / "final.pth")
     close_processes()
     return 0

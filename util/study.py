@@ -26,6 +26,7 @@ from util.config import ROOT
 from util.experiment import config_path, run_config
 
 SCORES = ("mIoU", "mAcc", "allAcc", "void_mIoU", "void_mAcc")
+SUMMARISED = (*SCORES, "parameters", "macs", "seconds")  # averaged per cell
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ def summarize(study: Study, records: dict[str, dict[str, Any]]) -> list[dict[str
         row: dict[str, Any] = {"cell": cell.name, "method": cell.method, "sparsity": cell.sparsity}
         row["seeds"] = sorted(run["seed"] for run in runs)
         row["n"] = len(runs)
-        for key in (*SCORES, "parameters", "macs", "seconds"):
+        for key in SUMMARISED:
             mean, std, _ = mean_std([run.get(key) for run in runs])
             row[key], row[f"{key}_std"] = mean, std
         rows.append(row)
@@ -116,7 +117,7 @@ def write_summary(path: Path, study: Study, records: dict[str, dict[str, Any]], 
     with atomic_path(path) as temporary:
         temporary.write_text(json.dumps(document, indent=1, sort_keys=False) + "\n", encoding="utf-8")
     columns = ["cell", "method", "sparsity", "n", "seeds"]
-    columns += [f"{key}{suffix}" for key in (*SCORES, "parameters", "macs", "seconds") for suffix in ("", "_std")]
+    columns += [f"{key}{suffix}" for key in SUMMARISED for suffix in ("", "_std")]
     with atomic_path(path.with_suffix(".csv")) as temporary, open(temporary, "w", newline="", encoding="utf-8") as out:
         writer = csv.DictWriter(out, columns)
         writer.writeheader()
