@@ -2,18 +2,20 @@
 
 ``compress`` turns a hard-masked network into a dense one with fewer channels and the same
 function; ``compression_spec`` / ``apply_compression_spec`` save and rebuild it; ``model_statistics``
-counts parameters and MACs; ``coupled_groups`` finds the convs that can share one mask.
+counts parameters and MACs; ``coupled_groups`` finds the convs that can share one mask and
+``balanced_groups`` those whose masks should keep channels evenly over a grouped conv's groups.
 """
 
 from acosp.compression.channels import UnsupportedOperation
 from acosp.compression.compressor import compress, full_float32_precision, relative_error
-from acosp.compression.coupling import coupled_groups, shared_mask_groups
+from acosp.compression.coupling import balanced_groups, coupled_groups, mask_constraints, shared_mask_groups
 from acosp.compression.spec import apply_compression_spec, compression_report, compression_spec
 from acosp.compression.statistics import format_comparison, format_model_statistics, model_statistics
 
 __all__ = [
     "UnsupportedOperation",
     "apply_compression_spec",
+    "balanced_groups",
     "compress",
     "compression_report",
     "compression_spec",
@@ -21,6 +23,7 @@ __all__ = [
     "format_comparison",
     "format_model_statistics",
     "full_float32_precision",
+    "mask_constraints",
     "model_statistics",
     "relative_error",
     "shared_mask_groups",

@@ -7,6 +7,7 @@ the mask layer, so state dict keys read ``<conv>.0.weight``, ``<conv>.1.weight``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Mapping
 
 import torch
@@ -120,17 +121,21 @@ def inject_soft_masks(
     learnable_weights: bool = True,
     temperature: float = 1.0,
     groups: Iterable[Iterable[str]] = (),
+    channel_groups: Mapping[str, int] | None = None,
 ) -> nn.Module:
     """Wrap every prunable conv of ``model`` (in place) with a ``SigmoidSoftTopK`` mask; returns the model.
 
     Convs that are already masked are skipped, so calling this twice changes nothing; a conv
     shared by several parents gets one mask. The convs named in one of ``groups`` (see
     ``acosp.compress.coupled_groups``) share one mask: one set of logits, the same kept channels.
-    A DistributedDataParallel model comes back in a new wrapper, so that it synchronises the
-    logits too.
+    ``channel_groups`` maps a conv's name to the number of equal groups its output channels form
+    for a grouped conv (``acosp.compress.balanced_groups``): its mask keeps the same number in
+    each, k rounded up to a multiple of them. A DistributedDataParallel model comes back in a new
+    wrapper, so that it synchronises the logits too.
     """
     network = unwrap(model)
     group_of = _group_of_conv(network, groups)
+    balance = _channel_groups_of_conv(network, channel_groups or {}, group_of)
     shared: dict[int, SigmoidSoftTopK] = {}
     wrapped: dict[int, MaskedConv] = {}
 
@@ -139,8 +144,9 @@ def inject_soft_masks(
         if group is not None and group in shared:
             return shared[group]
         channels = conv.out_channels
-        k = num_kept_channels(channels, sparsity, min_remaining_elements)
-        mask = SigmoidSoftTopK(channels, k, learnable_weights=learnable_weights, temperature=temperature)
+        split = balance.get(id(conv), 1)
+        k = math.ceil(num_kept_channels(channels, sparsity, min_remaining_elements) / split) * split
+        mask = SigmoidSoftTopK(channels, k, learnable_weights, temperature, groups=split)
         mask = mask.to(conv.weight.device)
         if group is not None:
             shared[group] = mask
@@ -183,6 +189,51 @@ def _group_of_conv(network: nn.Module, groups: Iterable[Iterable[str]]) -> dict[
         if len(set(widths.values())) > 1:
             raise ValueError(f"mask group {number} mixes output widths, so one mask cannot serve it: {widths}")
     return group_of
+
+
+def _channel_groups_of_conv(
+    network: nn.Module, channel_groups: Mapping[str, int], group_of: Mapping[int, int]
+) -> dict[int, int]:
+    """``id(conv) -> channel groups``; convs that share a mask take the least common multiple of theirs."""
+    by_conv: dict[int, int] = {}
+    for name, count in channel_groups.items():
+        try:
+            conv = network.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"channel groups: the network has no layer '{name}'") from None
+        if not is_prunable(conv):
+            raise ValueError(f"channel groups: '{name}' is not a prunable conv ({type(conv).__name__})")
+        if int(count) != count or count < 1 or conv.out_channels % count:
+            raise ValueError(f"channel groups: '{name}' has {conv.out_channels} channels, not {count} equal groups")
+        by_conv[id(conv)] = math.lcm(by_conv.get(id(conv), 1), int(count))
+    by_group: dict[int, int] = {}
+    for conv_id, count in by_conv.items():
+        if conv_id in group_of:
+            by_group[group_of[conv_id]] = math.lcm(by_group.get(group_of[conv_id], 1), count)
+    for conv_id, group in group_of.items():
+        if group in by_group:
+            by_conv[conv_id] = by_group[group]
+    for name, module in network.named_modules():
+        if id(module) in by_conv and module.out_channels % by_conv[id(module)]:
+            raise ValueError(
+                f"channel groups: '{name}' shares its mask with convs whose groups need {by_conv[id(module)]} "
+                f"equal groups, which its {module.out_channels} channels do not form"
+            )
+    return by_conv
+
+
+def grouped_conv_groups(model: nn.Module) -> dict[str, int]:
+    """``{name: groups}`` of the prunable grouped convs that are not depthwise: the groups their own masks keep even."""
+    return {
+        name: module.groups
+        for name, module in unwrap(model).named_modules()
+        if is_prunable(module) and isinstance(module, nn.Conv2d) and 1 < module.groups < module.out_channels
+    }
+
+
+def is_depthwise(conv: nn.Module) -> bool:
+    """Channel c from channel c alone: a conv with as many groups as input and output channels."""
+    return 1 < conv.groups == conv.in_channels == conv.out_channels
 
 
 def named_mask_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:

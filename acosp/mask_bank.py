@@ -112,12 +112,14 @@ def soft_top_k_rows(masks: list[SigmoidSoftTopK]) -> list[torch.Tensor]:
     standard deviation (at least ``MIN_STD``), sorted with the padding last, thresholded at the
     linear interpolation between the order statistics around the top k, kept strictly below the
     k-th largest, and sharpened by the row's temperature. A layer that keeps every channel gets
-    ones (still computed from its logits, with zero gradient, so DDP sees them used).
+    ones (still computed from its logits, with zero gradient, so DDP sees them used). A mask over
+    channel groups takes one row per group.
     """
-    logits = [mask.weight.float() for mask in masks]
+    groups = [getattr(mask, "groups", 1) for mask in masks]
+    logits = [row for mask, g in zip(masks, groups) for row in mask.weight.float().view(g, -1).unbind()]
     device = logits[0].device
-    sizes = [mask.num_channels for mask in masks]
-    table = _row_layout(sizes, [mask.k for mask in masks], device)
+    sizes = [mask.num_channels // g for mask, g in zip(masks, groups) for _ in range(g)]
+    table = _row_layout(sizes, [mask.k // g for mask, g in zip(masks, groups) for _ in range(g)], device)
     padded = nn.utils.rnn.pad_sequence(logits, batch_first=True)  # [rows, widest], zeros beyond each row
     valid, count = table["valid"], table["count"]
     centred = (padded - (padded.sum(1) / count)[:, None]) * valid
@@ -128,9 +130,9 @@ def soft_top_k_rows(masks: list[SigmoidSoftTopK]) -> list[torch.Tensor]:
     below, above = ordered.gather(1, table["below"]), ordered.gather(1, table["above"])
     threshold = torch.minimum(torch.lerp(below, above, table["kept_share"]), torch.nextafter(above, below))
     threshold = torch.where(table["keeps_all"], float("-inf"), threshold)
-    temperature = torch.stack([mask.temperature for mask in masks]).to(z.dtype)[:, None]
-    rows = torch.sigmoid((z - threshold) / temperature)
-    return list(rows.flatten()[table["flat"]].split(sizes))
+    temperature = torch.stack([mask.temperature for mask, g in zip(masks, groups) for _ in range(g)])
+    rows = torch.sigmoid((z - threshold) / temperature.to(z.dtype)[:, None])
+    return list(rows.flatten()[table["flat"]].split([mask.num_channels for mask in masks]))
 
 
 def _row_layout(sizes: list[int], ks: list[int], device: torch.device) -> dict[str, torch.Tensor]:

@@ -63,14 +63,26 @@ def top_k_threshold(z: torch.Tensor, k: int) -> torch.Tensor:
     return torch.minimum(x0, torch.nextafter(above, below))
 
 
-def sigmoid_soft_top_k(logits: torch.Tensor, k: int, tau: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def check_channel_groups(channels: int, k: int, groups: int) -> None:
+    """Raise unless ``k`` of ``channels`` can be kept as the same number in each of ``groups`` equal groups."""
+    if int(groups) != groups or groups < 1:
+        raise ValueError(f"channel groups must be a positive integer, got {groups}")
+    if channels % groups or k % groups:
+        raise ValueError(f"{channels} channels, {k} kept, do not split evenly into {groups} channel groups")
+
+
+def sigmoid_soft_top_k(
+    logits: torch.Tensor, k: int, tau: float | torch.Tensor, groups: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The soft top-k mask of ``logits`` at temperature ``tau``: ``(mask, x0)``.
 
     ``mask = sigmoid((z - x0) / tau)`` with ``z`` the normalised logits and ``x0`` their top-k
     threshold, so exactly ``k`` entries exceed 0.5 and the mask tends to the hard top-k mask as
     ``tau -> 0``. When ``k == C`` every channel is kept: the mask is all ones and ``x0 = -inf``
     (the mask still depends on the logits, with zero gradient, so that DistributedDataParallel
-    sees every logit used).
+    sees every logit used). With ``groups`` > 1 the channels form that many equal consecutive
+    groups (those a grouped conv reads), each its own top ``k / groups``; ``x0`` then has one entry
+    per group.
     """
     if logits.dim() != 1:
         raise ValueError(f"logits must be a 1-D tensor of per-channel scores, got shape {tuple(logits.shape)}")
@@ -81,6 +93,10 @@ def sigmoid_soft_top_k(logits: torch.Tensor, k: int, tau: float | torch.Tensor) 
     # synchronise with the GPU on every forward pass.
     if not isinstance(tau, torch.Tensor) and not tau > 0:
         raise ValueError(f"the temperature must be positive, got {tau}")
+    if groups != 1:
+        check_channel_groups(channels, k, groups)
+        parts = [sigmoid_soft_top_k(row, k // groups, tau) for row in logits.view(groups, -1)]
+        return torch.cat([mask for mask, _ in parts]), torch.stack([x0 for _, x0 in parts])
     z = normalize_logits(logits)
     if k == channels:
         return z * 0.0 + 1.0, z.new_full((), float("-inf"))
@@ -96,12 +112,18 @@ def _per_channel(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 class SigmoidSoftTopK(nn.Module):
     """The learnable soft mask of one conv: logits ``weight``, buffers ``mask`` and ``temperature``."""
 
-    def __init__(self, num_channels: int, k: int, learnable_weights: bool = True, temperature: float = 1.0):
+    def __init__(
+        self, num_channels: int, k: int, learnable_weights: bool = True, temperature: float = 1.0, groups: int = 1
+    ):
         super().__init__()
         if not 1 <= k <= num_channels:
             raise ValueError(f"k must lie in [1, {num_channels}] for {num_channels} channels, got {k}")
+        check_channel_groups(num_channels, k, groups)
         self.num_channels = num_channels
         self.k = k
+        # The channels split into this many equal groups that keep k / groups each: the groups of a
+        # grouped conv that reads them (or computes them), so that compression narrows every group alike.
+        self.groups = int(groups)
         self.learnable_weights = learnable_weights
         logits = torch.randn(num_channels)
         if learnable_weights:
@@ -114,7 +136,7 @@ class SigmoidSoftTopK(nn.Module):
 
     def compute_mask(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The mask and threshold of the current logits and temperature (with autograd)."""
-        return sigmoid_soft_top_k(self.weight, self.k, self.temperature)
+        return sigmoid_soft_top_k(self.weight, self.k, self.temperature, self.groups)
 
     @torch.no_grad()
     def refresh_mask(self) -> None:
@@ -151,7 +173,9 @@ class SigmoidSoftTopK(nn.Module):
 
     def extra_repr(self) -> str:
         temperature = float(self.temperature)
-        return f"{self.num_channels}, k={self.k}, temperature={temperature:.4g}, learnable={self.learnable_weights}"
+        groups = f", groups={self.groups}" if self.groups > 1 else ""
+        learnable = self.learnable_weights
+        return f"{self.num_channels}, k={self.k}{groups}, temperature={temperature:.4g}, learnable={learnable}"
 
 
 class ChannelMask(nn.Module):
@@ -168,14 +192,18 @@ class ChannelMask(nn.Module):
         """Exactly the ``k`` channels with the largest logits, or ``scores`` if given (ties broken by ``torch.topk``).
 
         With ``round_to`` > 1, ``k`` is first rounded up to a multiple of it (at most all channels),
-        for widths that suit the hardware; the next-best channels fill the difference.
+        for widths that suit the hardware; the next-best channels fill the difference. A mask over
+        channel groups keeps the same number in each group (``k`` rounded up to a multiple of them).
         """
         ranking = (soft.weight if scores is None else scores).detach().float().to(soft.weight.device)
         if ranking.shape != soft.weight.shape:
             raise ValueError(f"{soft.num_channels} channels need as many scores, got shape {tuple(ranking.shape)}")
-        mask = torch.zeros_like(ranking)
-        mask[torch.topk(ranking, rounded_up(soft.k, round_to, ranking.numel())).indices] = 1.0
-        return cls(mask)
+        groups = getattr(soft, "groups", 1)
+        per_group = math.ceil(rounded_up(soft.k, round_to, ranking.numel()) / groups)
+        rows = ranking.view(groups, -1)
+        mask = torch.zeros_like(rows)
+        mask.scatter_(1, torch.topk(rows, per_group, dim=1).indices, 1.0)
+        return cls(mask.flatten())
 
     @property
     def num_channels(self) -> int:

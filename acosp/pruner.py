@@ -95,6 +95,7 @@ class SoftTopKPruner:
         self.coupled_masks = bool(coupled_masks)
         self.selection = selection
         self._groups: list[list[str]] = []  # the coupled groups configure_model found, for on_pruning_end
+        self._channel_groups: dict[str, int] = {}  # and the masks to keep even over a grouped conv's groups
 
     @property
     def adds_masks(self) -> bool:
@@ -111,23 +112,27 @@ class SoftTopKPruner:
 
         A no-op for an inactive pruner (a dense run); after ``on_pruning_end`` (a pruner restored
         from a checkpoint, say) the masks are added already hardened, ready for the checkpoint.
-        With ``coupled_masks`` the network runs once on ``example_input`` (what it is called with,
-        on its device) to find the convs whose outputs are combined channel by channel; each such
-        group gets one mask.
+        With ``example_input`` (what the network is called with, on its device) the network runs
+        once to find the convs whose outputs feed a grouped conv: their masks, and the grouped
+        conv's own, keep as many channels in each of its groups (``acosp.compress.balanced_groups``),
+        so that compression narrows it group by group; without it only the grouped convs' own
+        masks do. With ``coupled_masks`` that run also finds the convs whose outputs are combined
+        channel by channel; each such group gets one mask.
         """
         if not (self.active or self.finished):
             return model
-        groups = []
-        if self.coupled_masks:
-            if example_input is None:
-                raise ValueError(
-                    "coupled_masks=True finds the convs that share a mask by running the network once: "
-                    "call configure_model(model, example_input) with an input the network accepts"
-                )
-            from acosp.compression.coupling import coupled_groups  # the compression layer traces the network
+        if self.coupled_masks and example_input is None:
+            raise ValueError(
+                "coupled_masks=True finds the convs that share a mask by running the network once: "
+                "call configure_model(model, example_input) with an input the network accepts"
+            )
+        if example_input is not None:
+            from acosp.compression.coupling import mask_constraints  # the compression layer traces the network
 
-            groups = coupled_groups(model, example_input)
-        self._groups = [list(group) for group in groups]
+            groups, self._channel_groups = mask_constraints(model, example_input)
+        else:
+            groups, self._channel_groups = [], inject.grouped_conv_groups(model)
+        self._groups = [list(group) for group in groups] if self.coupled_masks else []
         if not self.adds_masks:
             return model  # L1 selection: the masks come when pruning ends
         model = self._inject(model)
@@ -141,6 +146,7 @@ class SoftTopKPruner:
             learnable_weights=self.learnable_weights and self.selection == "logits",
             temperature=self.initial_temp,
             groups=self._groups,
+            channel_groups=self._channel_groups,
         )
 
     def update_mask_layers(self, model: nn.Module, epoch: int) -> None:
@@ -184,10 +190,10 @@ class SoftTopKPruner:
         unknown = [key for key in state if key not in _STATE_KEYS]
         if missing or unknown:
             raise ValueError(f"not a SoftTopKPruner state: missing keys {missing}, unknown keys {unknown}")
-        groups = self._groups
+        found = self._groups, self._channel_groups
         restored = SoftTopKPruner(**state)
         self.__dict__.update(restored.__dict__)
-        self._groups = groups
+        self._groups, self._channel_groups = found
 
     def __repr__(self) -> str:
         settings = ", ".join(f"{key}={getattr(self, key)!r}" for key in _STATE_KEYS)

@@ -23,7 +23,7 @@ def current_mask(mask_layer: nn.Module) -> tuple[torch.Tensor, float | None, flo
     """``(mask, x0, temperature)`` of a mask layer now; x0 and temperature are None for a hard mask."""
     if isinstance(mask_layer, SigmoidSoftTopK):
         mask, x0 = mask_layer.compute_mask()
-        return mask.float(), float(x0), float(mask_layer.temperature)
+        return mask.float(), float(x0.float().mean()), float(mask_layer.temperature)  # over channel groups
     return mask_layer.mask.float(), None, None
 
 

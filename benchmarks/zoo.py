@@ -121,7 +121,7 @@ def try_network(make, sparsity: float, coupled: bool, size: int) -> dict:
         x = torch.randn(2, 3, size, size)
         model.eval()
         pruner = SoftTopKPruner(final_sparsity=sparsity, min_remaining_elements=1, coupled_masks=coupled)
-        model = pruner.configure_model(model, x if coupled else None)
+        model = pruner.configure_model(model, x)
         _step(model, x)
         model = acosp.inject.soft_to_hard_k(model)
         _step(model, x)

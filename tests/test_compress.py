@@ -354,15 +354,15 @@ def test_soft_masks_must_be_hardened_first():
         compress(model.eval(), torch.randn(1, 3, 8, 8))
 
 
-def test_grouped_conv_keeps_full_width_and_stays_exact():
+def test_grouped_transposed_conv_keeps_full_width_and_stays_exact():
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.ReLU()
+        nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.ConvTranspose2d(8, 8, 2, stride=2, groups=2), nn.ReLU()
     )
     random_batch_norm(model)
     SoftTopKPruner(final_sparsity=0.5, min_remaining_elements=1).configure_model(model)
     model = soft_to_hard_k(model).eval()
     compressed = compress(model, torch.randn(2, 3, 5, 5))
-    assert "grouped conv (groups=2)" in compression_report(compressed)
+    assert "grouped transposed conv (groups=2)" in compression_report(compressed)
     x = torch.randn(2, 3, 5, 5)
     with torch.no_grad():
         assert relative_error(model(x), compressed(x)) < 1e-5

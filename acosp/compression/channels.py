@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from acosp.compression.trace import Graph, Node, Ref, Value, leaves
-from acosp.inject import MaskedConv
+from acosp.inject import MaskedConv, is_depthwise
 from acosp.masks import ChannelMask
 
 _BATCH_NORM_FORWARD = nn.modules.batchnorm._BatchNorm.forward
@@ -122,6 +122,9 @@ class ChannelFlow:
         # representative where factor[c] != 0 (constants unpooled to the same positions).
         self.proportional: dict[int, tuple[int, torch.Tensor]] = {}
         self.problems: list[str] = []
+        # (input, output, groups) of every grouped conv that is not depthwise: each of its surviving groups
+        # must read as many input channels, and compute as many output channels, as every other.
+        self.grouped: list[tuple[Value, Value, int]] = []
         for value in graph.inputs:
             self._set(value, live=True)
             self._keep_full(value, "a network input")
@@ -458,11 +461,14 @@ class ChannelFlow:
         source, output = node.inputs[0], node.outputs[0]
         if conv.groups == 1:
             self._set(output, live=kept, uniform=True)  # a pruned output is exactly 0
-        elif conv.groups == conv.in_channels == conv.out_channels:  # depthwise: channel c from channel c
+        elif is_depthwise(conv):  # channel c from channel c
             self._set(output, live=kept, uniform=True)
             self._link(source, output)
+        elif isinstance(conv, nn.Conv2d):  # grouped: each group narrows alike (see _balance_groups)
+            self._set(output, live=kept, uniform=True)
+            self.grouped.append((source, output, conv.groups))
         else:
-            self._needs_full(node, f"is a grouped conv (groups={conv.groups})")
+            self._needs_full(node, f"is a grouped transposed conv (groups={conv.groups})")
             self._set(output, live=True)
 
     # --- requirements -----------------------------------------------------------------------------------
@@ -485,6 +491,13 @@ class ChannelFlow:
                 for first_value, other_value in zip(calls[0].inputs + calls[0].outputs, other.inputs + other.outputs):
                     if first_value.channels == other_value.channels:
                         self._link(first_value, other_value)
+        self._follow_links(required)
+        while self._balance_groups(required):
+            self._follow_links(required)
+        return required
+
+    def _follow_links(self, required: dict[int, torch.Tensor]) -> None:
+        """Spread requirements along the links until nothing changes."""
         changed = True
         while changed:
             changed = False
@@ -499,7 +512,29 @@ class ChannelFlow:
                 if not torch.equal(new_a, a) or not torch.equal(new_b, b):
                     required[link.a.index], required[link.b.index] = new_a, new_b
                     changed = True
-        return required
+
+    def _balance_groups(self, required: dict[int, torch.Tensor]) -> bool:
+        """Make every grouped conv's requirements even over its groups; whether anything changed.
+
+        A compressed grouped conv splits its input into equal consecutive chunks, one per group, and
+        computes as many channels in each. A group survives when it reads or writes a required channel;
+        each survivor keeps as many input and output channels as the fullest one (at least one), the
+        others of its group taken in order: extra inputs are constants or zeros it reads, extra outputs
+        pruned channels it computes as the zeros the mask makes of them.
+        """
+        changed = False
+        for source, output, groups in self.grouped:
+            inputs = required[source.index].view(groups, -1)
+            outputs = required[output.index].view(groups, -1)
+            survivors = inputs.any(1) | outputs.any(1)
+            for table in (inputs, outputs):
+                counts = table.sum(1)
+                target = max(int(counts[survivors].max()), 1)
+                for group in torch.nonzero(survivors & (counts < target)).flatten().tolist():
+                    missing = torch.nonzero(~table[group]).flatten()[: target - int(counts[group])]
+                    table[group, missing] = True
+                    changed = True
+        return changed
 
     def layout(self, value: Value) -> torch.Tensor:
         """The channels of the full tensor that the compressed tensor holds, in order."""

@@ -28,7 +28,7 @@ from acosp.compression.channels import UNPOOLING, ChannelFlow, is_channelwise_no
 from acosp.compression.layers import RemovedLayer
 from acosp.compression.spec import SPEC_FORMAT, SPEC_VERSION, build_layer
 from acosp.compression.trace import Graph, Node, Value, tensors_in, trace
-from acosp.inject import MaskedConv, output_channel_weight, unwrap
+from acosp.inject import MaskedConv, is_depthwise, output_channel_weight, unwrap
 
 # Spread (max - min) allowed in a channel treated as a constant, relative to its magnitude.
 _CONSTANT_TOLERANCE = 1e-4
@@ -388,7 +388,7 @@ def _batch_norms_after_convs(graph: Graph) -> dict[int, nn.Module]:
         if node.kind != "module" or len(calls[id(node.target)]) != 1:
             continue
         conv = node.target.conv if isinstance(node.target, MaskedConv) else node.target
-        if not isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) or conv.groups != 1:
+        if not isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) or not _folds_batchnorm(conv):
             continue
         value = node.outputs[0]
         users = readers.get(value.index, [])
@@ -404,6 +404,13 @@ def _batch_norms_after_convs(graph: Graph) -> dict[int, nn.Module]:
         ):
             pairs[id(node.target)] = norm
     return pairs
+
+
+def _folds_batchnorm(conv: nn.Module) -> bool:
+    """Plain and grouped convs take a BatchNorm into their filters; depthwise and grouped transposed ones not."""
+    if conv.groups == 1:
+        return True
+    return isinstance(conv, nn.Conv2d) and not is_depthwise(conv)
 
 
 def _batch_norm_affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -423,38 +430,44 @@ def _narrowed_conv(conv: nn.Module, kept: torch.Tensor, call: Node, flow: Channe
     weight = conv.weight.detach().cpu()  # narrowed on the CPU, where the channel indices live
     bias = None if conv.bias is None else conv.bias.detach().cpu()
     mask = kept.to(weight.dtype)
-    if conv.groups > 1:
-        if conv.groups == conv.in_channels == conv.out_channels:  # depthwise: channel c from channel c
-            layout = flow.layout(output)
-            weight = weight[layout] * mask[layout].view(-1, 1, 1, 1)
-            bias = None if bias is None else bias[layout] * mask[layout]
-            groups, in_layout, kept_index = len(layout), layout, layout
-        else:  # whole width, masks folded in
-            weight = weight * output_channel_weight(conv, mask)
-            bias = None if bias is None else bias * mask
-            groups = conv.groups
-            in_layout = torch.arange(conv.in_channels)
-            kept_index = torch.arange(conv.out_channels)
-        entry = _conv_entry(conv, len(in_layout), len(kept_index), groups, bias is not None, None, False)
+    if is_depthwise(conv):  # channel c from channel c
+        layout = flow.layout(output)
+        weight = weight[layout] * mask[layout].view(-1, 1, 1, 1)
+        bias = None if bias is None else bias[layout] * mask[layout]
+        entry = _conv_entry(conv, len(layout), len(layout), len(layout), bias is not None, None, False)
+        return _make_conv(entry, conv, weight, bias, None, None), entry
+    if conv.groups > 1 and transposed:  # whole width, masks folded in
+        weight = weight * output_channel_weight(conv, mask)
+        bias = None if bias is None else bias * mask
+        entry = _conv_entry(conv, conv.in_channels, conv.out_channels, conv.groups, bias is not None, None, False)
         return _make_conv(entry, conv, weight, bias, None, None), entry
     in_layout = flow.layout(source)
     out_layout = flow.layout(output)
-    kept_index = torch.nonzero(kept).flatten()
     dropped, multiples = _dropped_inputs(flow, source)
     constants = _constants(call, source, dropped)
-    # Filters by output channel then by input channel, whatever the layout of the weight.
-    by_output = weight.transpose(0, 1) if transposed else weight
-    by_output = by_output.index_select(0, kept_index)
-    narrow = by_output.index_select(1, in_layout)
-    folded = torch.einsum("oikl,i->okl", by_output.index_select(1, dropped).double(), constants)
-    if multiples is not None:  # channels that are multiples of a kept one: add their filters to its filter
-        representative, factors = multiples
-        position = int(torch.searchsorted(in_layout, representative))
-        channels = torch.nonzero(factors).flatten()
-        scale = factors[channels].to(weight.dtype)
-        narrow[:, position] += torch.einsum("oikl,i->okl", by_output.index_select(1, channels), scale)
+    if conv.groups > 1:
+        masked = weight * mask.view(-1, 1, 1, 1)
+        narrow, group_filters, computed, groups = _grouped_filters(conv, masked, in_layout, out_layout)
+        bias = None if bias is None else bias * mask
+        inputs = torch.zeros(conv.in_channels, dtype=torch.float64)
+        inputs[dropped] = constants  # each output folds the constants of its own group
+        per_group = inputs.view(conv.groups, -1)[computed // (conv.out_channels // conv.groups)]
+        folded = torch.einsum("oikl,oi->okl", group_filters.double(), per_group)
+    else:
+        computed, groups = torch.nonzero(kept).flatten(), 1
+        # Filters by output channel then by input channel, whatever the layout of the weight.
+        by_output = weight.transpose(0, 1) if transposed else weight
+        by_output = by_output.index_select(0, computed)
+        narrow = by_output.index_select(1, in_layout)
+        folded = torch.einsum("oikl,i->okl", by_output.index_select(1, dropped).double(), constants)
+        if multiples is not None:  # channels that are multiples of a kept one: add their filters to its filter
+            representative, factors = multiples
+            position = int(torch.searchsorted(in_layout, representative))
+            channels = torch.nonzero(factors).flatten()
+            scale = factors[channels].to(weight.dtype)
+            narrow[:, position] += torch.einsum("oikl,i->okl", by_output.index_select(1, channels), scale)
     has_constant = bool(dropped.numel()) and bool(folded.abs().max() > 0)
-    new_bias = None if bias is None else bias[kept_index].double()
+    new_bias = None if bias is None else bias[computed].double()
     constant_input = False
     if has_constant:
         padded = conv.padding != "valid" and (isinstance(conv.padding, str) or any(conv.padding))
@@ -466,25 +479,42 @@ def _narrowed_conv(conv: nn.Module, kept: torch.Tensor, call: Node, flow: Channe
     fill = None
     if norm is not None:  # BatchNorm(y) = y * scale + shift, per channel: into the filters and the bias
         scale, shift = _batch_norm_affine(norm)
-        narrow = narrow * scale[kept_index].to(narrow.dtype).view(-1, 1, 1, 1)
-        new_bias = (0 if new_bias is None else new_bias) * scale[kept_index] + shift[kept_index]
-        folded = folded * scale[kept_index].view(-1, 1, 1)
+        narrow = narrow * scale[computed].to(narrow.dtype).view(-1, 1, 1, 1)
+        new_bias = (0 if new_bias is None else new_bias) * scale[computed] + shift[computed]
+        folded = folded * scale[computed].view(-1, 1, 1)
         fill = shift[out_layout]  # what BatchNorm makes of the channels this conv does not compute
     out_width = None
     out_index = None
-    computed = len(kept_index)
-    if not torch.equal(out_layout, kept_index):
+    if not torch.equal(out_layout, computed):
         out_width = len(out_layout)
-        out_index = torch.searchsorted(out_layout, kept_index)
+        out_index = torch.searchsorted(out_layout, computed)
     if transposed:
         narrow = narrow.transpose(0, 1)
     filled = out_width is not None and fill is not None and bool(fill.abs().max() > 0)
     has_bias = new_bias is not None
-    entry = _conv_entry(conv, len(in_layout), computed, 1, has_bias, out_width, constant_input, filled)
+    entry = _conv_entry(conv, len(in_layout), len(computed), groups, has_bias, out_width, constant_input, filled)
     new_bias = None if new_bias is None else new_bias.to(weight.dtype)
     kernel = folded.to(weight.dtype) if constant_input else None
     fill = fill.to(weight.dtype) if filled else None
     return _make_conv(entry, conv, narrow, new_bias, out_index, kernel, fill), entry
+
+
+def _grouped_filters(conv: nn.Conv2d, weight: torch.Tensor, in_layout: torch.Tensor, out_layout: torch.Tensor):
+    """A grouped conv's filters narrowed to the groups that survive: ``(narrow, full, computed, groups)``.
+
+    ``ChannelFlow`` made every surviving group read as many of ``in_layout`` and write as many of
+    ``out_layout`` (computed whole: pruned ones have zero filters). ``narrow[o]`` reads the kept inputs
+    of its group, ``full[o]`` all of them (for folding the dropped constants).
+    """
+    in_per_group, out_per_group = conv.in_channels // conv.groups, conv.out_channels // conv.groups
+    surviving = torch.unique(torch.cat([in_layout // in_per_group, out_layout // out_per_group]))
+    position = torch.full((conv.groups,), -1, dtype=torch.long)
+    position[surviving] = torch.arange(len(surviving))
+    columns = (in_layout % in_per_group).view(len(surviving), -1)  # each survivor's inputs, within its group
+    full = weight.index_select(0, out_layout)
+    rows = columns[position[out_layout // out_per_group]]
+    narrow = full.gather(1, rows[:, :, None, None].expand(-1, -1, *full.shape[2:]))
+    return narrow, full, out_layout, len(surviving)
 
 
 def _conv_entry(conv, in_channels, out_channels, groups, bias, out_width, constant_input, filled=False) -> dict:

@@ -7,15 +7,21 @@ sparsity 0.75 with independent masks). Convs whose outputs meet channel by chann
 product, max-unpooling by another tensor's indices, a depthwise conv reading them) form a group.
 Giving a group one mask makes its convs keep the same channels, so the stream narrows as much as
 the layers do.
+
+A grouped conv narrows only group by group: each group must keep as many channels as every other.
+Masks that keep the same number in each group, on the grouped conv and on the convs feeding it,
+let whole channels leave every group (``balanced_groups``).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
 from acosp.compression.channels import UNPOOLING, ChannelFlow, is_step
-from acosp.compression.trace import trace
+from acosp.compression.trace import Graph, trace
 from acosp.inject import MaskedConv, is_prunable, named_mask_layers, unwrap
 
 
@@ -27,27 +33,24 @@ def coupled_groups(model: nn.Module, example_input: torch.Tensor | tuple) -> lis
     and tie nothing. Only groups of two or more convs are listed, in the order the forward pass
     first calls them.
     """
-    network = unwrap(model)
-    masked = [name for name, module in network.named_modules() if isinstance(module, MaskedConv)]
-    if masked:
-        raise ValueError(
-            f"coupled masks are chosen on the network before it is masked, but '{masked[0]}' has a mask already"
-        )
-    args = example_input if isinstance(example_input, tuple) else (example_input,)
-    training = network.training
-    network.eval()
-    try:
-        graph = trace(network, args, is_step, snapshot_functions=UNPOOLING)
-    except Exception as error:
-        shapes = [tuple(item.shape) for item in args if isinstance(item, torch.Tensor)]
-        raise ValueError(
-            f"coupled masks: the network failed on the example input {shapes}; give an input it accepts "
-            f"(a training crop, on the network's device): {error}"
-        ) from error
-    finally:
-        network.train(training)
-    flow = ChannelFlow(graph, strict=False)
+    return mask_constraints(model, example_input)[0]
 
+
+def balanced_groups(model: nn.Module, example_input: torch.Tensor | tuple) -> dict[str, int]:
+    """``{conv name: G}`` for the prunable convs whose kept channels should spread evenly over G groups.
+
+    A grouped conv (not depthwise) with G groups compresses to a grouped conv only where each of
+    its groups keeps as many input channels, and computes as many output channels, as every other.
+    So its own mask and the masks of the convs that feed it (through BatchNorm, activations, sums)
+    keep the same number of channels in each of the G equal groups: then whole channels leave
+    every group, as in a plain conv. Found by the same run as ``coupled_groups``.
+    """
+    return mask_constraints(model, example_input)[1]
+
+
+def mask_constraints(model: nn.Module, example_input: torch.Tensor | tuple) -> tuple[list[list[str]], dict[str, int]]:
+    """``(coupled_groups, balanced_groups)`` from one run of the network."""
+    graph, flow = _traced_flow(model, example_input)
     parent: dict[int, int] = {}
 
     def root(index: int) -> int:
@@ -68,7 +71,37 @@ def coupled_groups(model: nn.Module, example_input: torch.Tensor | tuple) -> lis
         members = groups.setdefault(root(node.outputs[0].index), [])
         if node.name not in members:  # the layer's name in the network, as the trace recorded it
             members.append(node.name)
-    return [members for members in groups.values() if len(members) > 1]
+    balanced: dict[str, int] = {}
+    for source, output, count in flow.grouped:
+        for value in (source, output):
+            if value.channels == count:  # one channel per group: groups that keep none just vanish
+                continue
+            for name in groups.get(root(value.index), []):
+                balanced[name] = math.lcm(balanced.get(name, 1), count)
+    return [members for members in groups.values() if len(members) > 1], balanced
+
+
+def _traced_flow(model: nn.Module, example_input: torch.Tensor | tuple) -> tuple[Graph, ChannelFlow]:
+    network = unwrap(model)
+    masked = [name for name, module in network.named_modules() if isinstance(module, MaskedConv)]
+    if masked:
+        raise ValueError(
+            f"coupled masks are chosen on the network before it is masked, but '{masked[0]}' has a mask already"
+        )
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    training = network.training
+    network.eval()
+    try:
+        graph = trace(network, args, is_step, snapshot_functions=UNPOOLING)
+    except Exception as error:
+        shapes = [tuple(item.shape) for item in args if isinstance(item, torch.Tensor)]
+        raise ValueError(
+            f"coupled masks: the network failed on the example input {shapes}; give an input it accepts "
+            f"(a training crop, on the network's device): {error}"
+        ) from error
+    finally:
+        network.train(training)
+    return graph, ChannelFlow(graph, strict=False)
 
 
 def shared_mask_groups(model: nn.Module) -> list[list[str]]:
