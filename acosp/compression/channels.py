@@ -125,6 +125,11 @@ class ChannelFlow:
         # (input, output, groups) of every grouped conv that is not depthwise: each of its surviving groups
         # must read as many input channels, and compute as many output channels, as every other.
         self.grouped: list[tuple[Value, Value, int]] = []
+        # Tensors split into that many equal parts along the channels (``chunk``): each part keeps as many.
+        self.even: list[tuple[Value, int]] = []
+        # value index -> (the tensor whose channel axis a view split into (groups, channels per group),
+        # the source channel at each position of the split dimensions, groups): ShuffleNet's channel shuffle.
+        self.split_views: dict[int, tuple[Value, torch.Tensor, int]] = {}
         for value in graph.inputs:
             self._set(value, live=True)
             self._keep_full(value, "a network input")
@@ -207,7 +212,9 @@ class ChannelFlow:
             return
         name = base_name(node.name)
         first = node.inputs[0]
-        if name in ELEMENTWISE:
+        if any(value.index in self.split_views for value in node.inputs):
+            self._follow_split_view(node, name)
+        elif name in ELEMENTWISE:
             self._elementwise(node)
         elif name in SPATIAL:
             self._same_channels(node, self._first_tensor_argument(node))
@@ -312,6 +319,9 @@ class ChannelFlow:
         if len(before) < 2 or len(node.outputs) != 1:
             self._unknown(node)
             return
+        if name in ("view", "reshape") and _splits_channels(before, after) and source.index in self.live:
+            self.split_views[output.index] = (source, torch.arange(before[1]).view(after[1], after[2]), after[1])
+            return
         keeps = len(after) >= 2 and after[:2] == before[:2]
         if name == "getitem":
             kind = _indexing_kind(node.args[1], len(before))
@@ -375,10 +385,62 @@ class ChannelFlow:
 
     def _split(self, node: Node, dim: int) -> None:
         source = node.inputs[0]
-        if _normalized(dim, len(source.shape)) in (0, 1):
+        dim = _normalized(dim, len(source.shape))
+        parts = [value.channels for value in node.outputs]
+        name = base_name(node.name)
+        equal = len(set(parts)) == 1 and sum(parts) == source.channels and len(parts) > 1
+        if dim == 1 and name == "chunk" and equal and source.index in self.live:
+            # Equal parts of whatever width the tensor has (split's sizes are numbers in the code: they
+            # do not follow): each part keeps as many channels.
+            width = parts[0]
+            for number, output in enumerate(node.outputs):
+                channels = torch.arange(number * width, (number + 1) * width)
+                self._set(output, self.live[source.index][channels], self.uniform[source.index][channels])
+                self._link(source, output, channels, torch.arange(width))
+            self.even.append((source, len(parts)))
+        elif dim in (0, 1):
             self._needs_full(node, "splits channels")
         else:
             self._same_channels(node, source)
+
+    def _follow_split_view(self, node: Node, name: str) -> None:
+        """Steps on a tensor whose channel axis a view split in two: copy, swap the two, merge them back."""
+        value = next(value for value in node.inputs if value.index in self.split_views)
+        source, order, groups = self.split_views[value.index]
+        output = node.outputs[0] if len(node.outputs) == 1 else None
+        if output is None or len(node.inputs) != 1:
+            self._split_view_unknown(node, source)
+        elif name in ("contiguous", "clone", "detach") and output.shape == value.shape:
+            self.split_views[output.index] = (source, order, groups)
+        elif name in ("transpose", "permute") and _swaps_split_dims(node, name, len(value.shape)):
+            self.split_views[output.index] = (source, order.t(), groups)
+        elif name in ("view", "reshape", "flatten") and output.shape == source.shape:
+            self._merge_split_view(source, output, order.flatten(), groups)
+        else:
+            self._split_view_unknown(node, source)
+
+    def _merge_split_view(self, source: Value, output: Value, order: torch.Tensor, groups: int) -> None:
+        """Channel j of ``output`` is channel ``order[j]`` of ``source``: a permutation of its channels.
+
+        The compressed tensor is split into the same number of equal groups, so every group must keep
+        the same positions within it: each output channel is linked to its source channel's position in
+        every group.
+        """
+        self._set(output, self.live[source.index][order], self.uniform[source.index][order])
+        per_group = source.channels // groups
+        positions = torch.arange(source.channels)
+        for group in range(groups):
+            self._link(source, output, group * per_group + order % per_group, positions)
+
+    def _split_view_unknown(self, node: Node, source: Value) -> None:
+        if self.has_pruned(source):
+            problem = f"{node.where()} uses channels split into groups in a way compression does not follow"
+            if self.strict:
+                self.problems.append(problem + " and receives pruned channels")
+            else:
+                self.full_reasons.append(problem)
+        self._keep_full(source, f"{node.where()} uses its channels split into groups")
+        self._all_live(node)
 
     def _unpooling(self, node: Node) -> None:
         source, output = node.inputs[0], node.outputs[0]
@@ -514,26 +576,32 @@ class ChannelFlow:
                     changed = True
 
     def _balance_groups(self, required: dict[int, torch.Tensor]) -> bool:
-        """Make every grouped conv's requirements even over its groups; whether anything changed.
+        """Make the requirements of every grouped conv and chunked tensor even over its groups; whether
+        anything changed.
 
         A compressed grouped conv splits its input into equal consecutive chunks, one per group, and
-        computes as many channels in each. A group survives when it reads or writes a required channel;
-        each survivor keeps as many input and output channels as the fullest one (at least one), the
-        others of its group taken in order: extra inputs are constants or zeros it reads, extra outputs
-        pruned channels it computes as the zeros the mask makes of them.
+        computes as many channels in each; ``chunk`` splits the compressed width into equal parts. A
+        group of a conv survives when it reads or writes a required channel (every part of a chunk
+        does); each survivor keeps as many channels as the fullest one (at least one), the others of
+        its group taken in order: extra inputs are constants or zeros it reads, extra outputs pruned
+        channels it computes as the zeros the mask makes of them.
         """
-        changed = False
+        tables = []
         for source, output, groups in self.grouped:
             inputs = required[source.index].view(groups, -1)
             outputs = required[output.index].view(groups, -1)
             survivors = inputs.any(1) | outputs.any(1)
-            for table in (inputs, outputs):
-                counts = table.sum(1)
-                target = max(int(counts[survivors].max()), 1)
-                for group in torch.nonzero(survivors & (counts < target)).flatten().tolist():
-                    missing = torch.nonzero(~table[group]).flatten()[: target - int(counts[group])]
-                    table[group, missing] = True
-                    changed = True
+            tables += [(inputs, survivors), (outputs, survivors)]
+        for source, parts in self.even:  # every part of a chunk survives
+            tables.append((required[source.index].view(parts, -1), torch.ones(parts, dtype=torch.bool)))
+        changed = False
+        for table, survivors in tables:
+            counts = table.sum(1)
+            target = max(int(counts[survivors].max()), 1)
+            for group in torch.nonzero(survivors & (counts < target)).flatten().tolist():
+                missing = torch.nonzero(~table[group]).flatten()[: target - int(counts[group])]
+                table[group, missing] = True
+                changed = True
         return changed
 
     def layout(self, value: Value) -> torch.Tensor:
@@ -578,6 +646,27 @@ def _indexing_kind(index: Any, ndim: int) -> str:
     if expanded[1] == full:
         return "channels"
     return "slice" if isinstance(expanded[1], slice) else "other"
+
+
+def _splits_channels(before: tuple, after: tuple) -> bool:
+    """``(n, C, *rest) -> (n, G, C / G, *rest)`` with 1 < G < C."""
+    return (
+        len(after) == len(before) + 1
+        and after[0] == before[0]
+        and after[1] * after[2] == before[1]
+        and 1 < after[1] < before[1]
+        and tuple(after[3:]) == tuple(before[2:])
+    )
+
+
+def _swaps_split_dims(node: Node, name: str, ndim: int) -> bool:
+    """A transpose or permute that swaps dimensions 1 and 2 and leaves every other in place."""
+    if name == "transpose":
+        pair = {_normalized(node.argument(1, "dim0"), ndim), _normalized(node.argument(2, "dim1"), ndim)}
+        return pair == {1, 2}
+    dims = node.args[1:] if len(node.args) > 2 else node.argument(1, "dims")
+    dims = [_normalized(d, ndim) for d in (dims if isinstance(dims, (tuple, list)) else [dims])]
+    return dims == [0, 2, 1, *range(3, ndim)]
 
 
 def _keeps_leading_dims(node: Node, name: str, before: tuple, after: tuple) -> bool:
