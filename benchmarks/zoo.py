@@ -4,6 +4,7 @@
     python benchmarks/zoo.py torchvision --coupled --sparsity 0.75
     python benchmarks/zoo.py timm --only resnet50d convnext_atto
     python benchmarks/zoo.py torchvision timm --table docs/zoo.md   # both settings, the table in docs/zoo.md
+    python benchmarks/zoo.py torchvision --coupled --sparsity 0.75 --speed 520 --only fcn_resnet50   # latency too
 
 Needs torchvision (and timm for the timm list): ``pip install torch==2.14.1 torchvision==0.29.1 timm``
 in an environment of its own. Each network, with random weights: masks at ``--sparsity`` (coupled
@@ -17,6 +18,7 @@ line (the op and layer compression stopped at).
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 import traceback
@@ -32,6 +34,7 @@ import acosp.compress  # noqa: E402
 import acosp.inject  # noqa: E402
 from acosp import SoftTopKPruner  # noqa: E402
 from util.experiment import machine, write_table  # noqa: E402
+from util.latency import median_latencies  # noqa: E402
 
 # Transformers without convs to prune, and networks too large for a CPU run of a few seconds.
 SKIPPED_TORCHVISION = ("vit_", "swin", "maxvit", "regnet_y_128gf", "regnet_y_32gf", "regnet_y_16gf", "vgg")
@@ -111,8 +114,12 @@ def _step(model: nn.Module, x: torch.Tensor) -> None:
 MINIMUM_SIZE = {"inception_v3": 299}  # its auxiliary classifier pools a 5x5 window late
 
 
-def try_network(make, sparsity: float, coupled: bool, size: int) -> dict:
-    """What happened to one network: ``exact`` (bool or None when it failed), reductions, error text."""
+def try_network(make, sparsity: float, coupled: bool, size: int, speed_size: int | None = None) -> dict:
+    """What happened to one network: ``exact`` (bool or None when it failed), reductions, error text.
+
+    With ``speed_size`` also ``speedup``: the dense network's latency (the faster of its contiguous
+    and channels-last forms) over the compressed one's, batch 1 at that size, on this machine's threads.
+    """
     torch.manual_seed(0)
     started = time.perf_counter()
     row: dict = {"exact": None, "macs": None, "parameters": None, "error": ""}
@@ -120,6 +127,7 @@ def try_network(make, sparsity: float, coupled: bool, size: int) -> dict:
         model = make()
         x = torch.randn(2, 3, size, size)
         model.eval()
+        dense = copy.deepcopy(model) if speed_size else None
         pruner = SoftTopKPruner(final_sparsity=sparsity, min_remaining_elements=1, coupled_masks=coupled)
         model = pruner.configure_model(model, x)
         _step(model, x)
@@ -133,6 +141,8 @@ def try_network(make, sparsity: float, coupled: bool, size: int) -> dict:
         row.update(
             exact=True, macs=before["macs"] / after["macs"], parameters=before["parameters"] / after["parameters"]
         )
+        if speed_size:
+            row.update(speed(dense, small, speed_size))
     except Exception as error:  # noqa: BLE001 - every failure is a row of the table
         lines = [line for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
         row["error"] = f"{type(error).__name__}: {lines[0][:300]}"
@@ -141,6 +151,20 @@ def try_network(make, sparsity: float, coupled: bool, size: int) -> dict:
             traceback.print_exc()
     row["seconds"] = time.perf_counter() - started
     return row
+
+
+def speed(dense: nn.Module, compressed: nn.Module, size: int) -> dict:
+    """Median latencies (batch 1, ``size`` x ``size``) of the dense network in both memory formats and of
+    the compressed one; ``speedup`` is the faster dense form's over the compressed network's."""
+    x = torch.randn(1, 3, size, size)
+    dense_last = copy.deepcopy(dense).to(memory_format=torch.channels_last)
+    times = median_latencies({"dense": dense, "dense_last": dense_last, "compressed": compressed}, x, runs=5)
+    baseline = min(times["dense"], times["dense_last"])
+    return {
+        "dense_seconds": baseline,
+        "compressed_seconds": times["compressed"],
+        "speedup": baseline / times["compressed"],
+    }
 
 
 def _cells(row: dict) -> list[str]:
@@ -195,6 +219,9 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="+", help="only these networks")
     parser.add_argument("--traceback", action="store_true", help="print each failure's traceback")
     parser.add_argument("--table", type=Path, help="run 0.5 independent and 0.75 coupled; write the table there")
+    parser.add_argument(
+        "--speed", type=int, metavar="SIZE", help="also time dense and compressed networks, batch 1 at SIZE x SIZE"
+    )
     args = parser.parse_args(argv)
     settings = [(0.5, False), (0.75, True)] if args.table else [(args.sparsity, args.coupled)]
     if args.table and "<!-- zoo-table:start -->" not in (args.table.read_text() if args.table.is_file() else ""):
@@ -212,11 +239,17 @@ def main(argv=None) -> int:
         exact = 0
         for zoo, name, make in networks:
             size = max(args.size, MINIMUM_SIZE.get(name, 0))
-            row = try_network(make, sparsity, coupled, size)
+            row = try_network(make, sparsity, coupled, size, args.speed)
             rows.setdefault((zoo, name), []).append(row)
             exact += bool(row["exact"])
             if row["exact"]:
                 result = f"exact  MACs {row['macs']:5.2f}x  parameters {row['parameters']:5.2f}x"
+                if "speedup" in row:
+                    share = row["speedup"] / row["macs"]
+                    result += (
+                        f"  {row['dense_seconds'] * 1000:7.1f} ms -> {row['compressed_seconds'] * 1000:6.1f} ms: "
+                        f"{row['speedup']:5.2f}x faster, {share:.2f} of the MAC reduction"
+                    )
             else:
                 result = f"FAILED {row['error']}"
             print(f"{zoo:<12} {name:<32} {row['seconds']:6.1f} s  {result}", flush=True)
