@@ -122,7 +122,7 @@ def try_network(make, sparsity: float, coupled: bool, size: int, speed_size: int
     """
     torch.manual_seed(0)
     started = time.perf_counter()
-    row: dict = {"exact": None, "macs": None, "parameters": None, "error": ""}
+    row: dict = {"exact": None, "macs": None, "parameters": None, "error": "", "full_width": ""}
     try:
         model = make()
         x = torch.randn(2, 3, size, size)
@@ -141,6 +141,8 @@ def try_network(make, sparsity: float, coupled: bool, size: int, speed_size: int
         row.update(
             exact=True, macs=before["macs"] / after["macs"], parameters=before["parameters"] / after["parameters"]
         )
+        full_width = small._acosp_compression_spec["full_width"]
+        row["full_width"] = full_width[0] if full_width else ""  # the first tensor kept whole, and why
         if speed_size:
             row.update(speed(dense, small, speed_size))
     except Exception as error:  # noqa: BLE001 - every failure is a row of the table
@@ -173,9 +175,12 @@ def _cells(row: dict) -> list[str]:
     return ["no", "", ""]
 
 
-def _reason(row: dict) -> str:
-    """The first operation and layer an error names, in a few words."""
-    text = row["error"].split(": ", 1)[-1].removeprefix("cannot compress this network: ")
+def _reason(results: list[dict]) -> str:
+    """The first operation and layer an error names, or else the first tensor kept at full width, in a few words."""
+    failed = next((row for row in results if not row["exact"]), None)
+    if failed is None:
+        return next((row["full_width"] for row in results if row["full_width"]), "")[:140].replace("|", "/")
+    text = failed["error"].split(": ", 1)[-1].removeprefix("cannot compress this network: ")
     return text.split(";")[0][:140].replace("|", "/")
 
 
@@ -184,14 +189,13 @@ def markdown(rows: dict, settings: list, command: str, seconds: float) -> str:
     for sparsity, coupled in settings:
         label = f"{sparsity:g} {'coupled' if coupled else 'independent'}"
         head += [f"{label}: exact", "MACs", "parameters"]
-    head.append("where compression stops")
+    head.append("where compression stops, or the first tensor it keeps whole")
     lines = ["| " + " | ".join(head) + " |", "| --- | --- | " + " | ".join("---:" for _ in head[2:-1]) + " | --- |"]
     for (zoo, name), results in rows.items():
         cells = [zoo, name]
         for result in results:
             cells += _cells(result)
-        failed = next((r for r in results if not r["exact"]), None)
-        cells.append(_reason(failed) if failed else "")
+        cells.append(_reason(results))
         lines.append("| " + " | ".join(cells) + " |")
     counts = []
     for i, (sparsity, coupled) in enumerate(settings):

@@ -1,11 +1,10 @@
 """Channel splits and shuffles (ShuffleNetV2): chunks keep equal parts, a shuffle permutes channels exactly."""
 
-import pytest
 import torch
 from test_compress import random_batch_norm
 from torch import nn
 
-from acosp.compress import UnsupportedOperation, compress, model_statistics, relative_error
+from acosp.compress import compress, compression_report, model_statistics, relative_error
 from acosp.inject import inject_soft_masks, soft_to_hard_k
 
 
@@ -93,12 +92,13 @@ def test_chunks_of_a_tensor_keep_equal_parts():
     assert relative_error(network(x), compressed(x)) < 1e-5
 
 
-def test_other_uses_of_split_channels_are_named():
+def test_other_uses_of_split_channels_keep_the_tensor_whole_and_say_so():
     network = hard_masked(Shuffled(after_split=lambda x: x.cumsum(2)))
-    with pytest.raises(UnsupportedOperation, match="uses channels split into groups"):
-        compress(network, torch.randn(2, 3, 10, 10))
     x = torch.randn(2, 3, 10, 10)
-    kept_full = compress(network, x, strict=False)  # the split tensor keeps its full width
+    compressed = compress(network, x)  # a view holds what the network computed: exact on the whole tensor
     with torch.no_grad():
-        assert kept_full.stem(x).shape[1] == 16
-    assert relative_error(network(x), kept_full(x)) < 1e-5
+        assert compressed.stem(x).shape[1] == 16
+    assert relative_error(network(x), compressed(x)) < 1e-5
+    assert "'cumsum' (called in the network (Shuffled)) uses channels split into groups" in compression_report(
+        compressed
+    )

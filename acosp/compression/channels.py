@@ -55,7 +55,10 @@ SPATIAL = _names(
 )
 AVG_POOL = {"avg_pool1d", "avg_pool2d", "avg_pool3d"}
 REDUCTIONS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "prod", "logsumexp", "nanmean", "nansum"}
-RESHAPES = _names("view reshape flatten squeeze unsqueeze permute transpose expand getitem narrow select movedim")
+REDUCTIONS |= {"norm", "vector_norm"}  # their dim comes after the order of the norm
+RESHAPES = _names(
+    "view reshape flatten squeeze unsqueeze permute transpose expand expand_as getitem narrow select movedim"
+)
 CONCATENATIONS = {"cat", "concat", "concatenate"}
 SPLITS = {"split", "chunk", "split_with_sizes", "tensor_split", "unbind"}
 UNPOOLING = {"max_unpool1d", "max_unpool2d", "max_unpool3d"}
@@ -300,16 +303,17 @@ class ChannelFlow:
     def _reduction(self, node: Node, name: str) -> None:
         source = node.inputs[0]
         ndim = len(source.shape)
-        dim = node.argument(1, "dim", None)
+        dim = node.argument(2 if name in ("norm", "vector_norm") else 1, "dim", None)
         if isinstance(dim, (Ref, torch.Tensor)):  # max(a, b): elementwise
             self._elementwise(node)
             return
-        if dim is None or ndim < 2:
-            self._unknown(node, "reduces over channels")
+        if ndim < 2:
+            self._unknown(node, "reduces a tensor without channels")
             return
-        dims = {_normalized(d, ndim) for d in (dim if isinstance(dim, (tuple, list)) else [dim])}
-        if dims & {0, 1}:
-            self._unknown(node, "reduces over channels or samples")
+        dims = set(range(ndim)) if dim is None else dim if isinstance(dim, (tuple, list)) else [dim]
+        if {_normalized(d, ndim) for d in dims} & {0, 1}:
+            # Channels summed into one another (GRN's mean over channels): exact over all of them.
+            self._needs_full(node, "reduces over channels or samples")
             return
         self._same_channels(node, source)
 
@@ -323,6 +327,10 @@ class ChannelFlow:
             self.split_views[output.index] = (source, torch.arange(before[1]).view(after[1], after[2]), after[1])
             return
         keeps = len(after) >= 2 and after[:2] == before[:2]
+        if name == "expand_as" and keeps:  # the tensor it takes its shape from must keep the same channels
+            self._same_channels(node, source)
+            self._link(node.inputs[-1], output)
+            return
         if name == "getitem":
             kind = _indexing_kind(node.args[1], len(before))
             if kind == "channels":
@@ -341,8 +349,8 @@ class ChannelFlow:
             self._same_channels(node, source)
         elif len(after) == 2 and after[0] == before[0] and after[1] == math.prod(before[1:]):
             self._flatten(node, source, output)
-        else:
-            self._unknown(node, f"reshapes {before} to {after}")
+        else:  # data moved, not computed: exact on the complete tensor
+            self._needs_full(node, f"reshapes {before} to {after}")
 
     def _flatten(self, node: Node, source: Value, output: Value) -> None:
         per_channel = math.prod(source.shape[2:])
@@ -409,7 +417,7 @@ class ChannelFlow:
         source, order, groups = self.split_views[value.index]
         output = node.outputs[0] if len(node.outputs) == 1 else None
         if output is None or len(node.inputs) != 1:
-            self._split_view_unknown(node, source)
+            self._split_view_unknown(node)
         elif name in ("contiguous", "clone", "detach") and output.shape == value.shape:
             self.split_views[output.index] = (source, order, groups)
         elif name in ("transpose", "permute") and _swaps_split_dims(node, name, len(value.shape)):
@@ -417,7 +425,7 @@ class ChannelFlow:
         elif name in ("view", "reshape", "flatten") and output.shape == source.shape:
             self._merge_split_view(source, output, order.flatten(), groups)
         else:
-            self._split_view_unknown(node, source)
+            self._split_view_unknown(node)
 
     def _merge_split_view(self, source: Value, output: Value, order: torch.Tensor, groups: int) -> None:
         """Channel j of ``output`` is channel ``order[j]`` of ``source``: a permutation of its channels.
@@ -432,14 +440,15 @@ class ChannelFlow:
         for group in range(groups):
             self._link(source, output, group * per_group + order % per_group, positions)
 
-    def _split_view_unknown(self, node: Node, source: Value) -> None:
-        if self.has_pruned(source):
-            problem = f"{node.where()} uses channels split into groups in a way compression does not follow"
-            if self.strict:
-                self.problems.append(problem + " and receives pruned channels")
-            else:
-                self.full_reasons.append(problem)
-        self._keep_full(source, f"{node.where()} uses its channels split into groups")
+    def _split_view_unknown(self, node: Node) -> None:
+        """Any other use of a split view: it and every other input keep their full width (exact: a view
+        of the complete tensor holds what the network computed)."""
+        why = "uses channels split into groups"
+        for value in node.inputs:
+            value = self.split_views[value.index][0] if value.index in self.split_views else value
+            if self.has_pruned(value):
+                self.full_reasons.append(f"{node.where()} {why}")
+            self._keep_full(value, f"{why} in {node.where()}")
         self._all_live(node)
 
     def _unpooling(self, node: Node) -> None:

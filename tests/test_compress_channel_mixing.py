@@ -1,0 +1,90 @@
+"""Operations that mix channels or move the channel axis (ConvNeXt's LayerNorm, ECA, GRN): the tensors
+they read keep their full width, so compression stays exact, and the report says where and why."""
+
+import pytest
+import torch
+from test_compress import random_batch_norm
+from torch import nn
+
+from acosp.compress import UnsupportedOperation, compress, compression_report, relative_error
+from acosp.inject import inject_soft_masks, soft_to_hard_k
+
+
+class ChannelsLastNorm(nn.Module):
+    """ConvNeXt's block: a depthwise conv, the channels moved last for a LayerNorm and a linear layer."""
+
+    def __init__(self, channels=16):
+        super().__init__()
+        self.dw = nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
+        self.norm = nn.LayerNorm(channels)
+        self.mlp = nn.Linear(channels, channels)
+
+    def forward(self, x):
+        y = self.mlp(self.norm(self.dw(x).permute(0, 2, 3, 1)))
+        return x + y.permute(0, 3, 1, 2)
+
+
+class EfficientChannelAttention(nn.Module):
+    """ECA: the pooled channels as a sequence, a 1-D conv across neighbours, a gate per channel."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 1, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        y = x.mean((2, 3)).view(x.shape[0], 1, -1)
+        y = torch.sigmoid(self.conv(y)).view(x.shape[0], -1, 1, 1)
+        return x * y.expand_as(x)
+
+
+class GlobalResponseNorm(nn.Module):
+    """ConvNeXt-V2's GRN: each channel's norm over space, divided by the mean over channels."""
+
+    def forward(self, x):
+        gx = x.norm(p=2, dim=(2, 3), keepdim=True)
+        return x + x * gx / (gx.mean(dim=1, keepdim=True) + 1e-6)
+
+
+def masked(middle):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        middle,
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 4, 1),
+    )
+    random_batch_norm(model)
+    inject_soft_masks(model, 0.5, min_remaining_elements=1)
+    return soft_to_hard_k(model).eval()
+
+
+@pytest.mark.parametrize(
+    "middle, reason",
+    [
+        (ChannelsLastNorm(), "'permute' (called in 3) reshapes (2, 16, 8, 8) to (2, 8, 8, 16)"),
+        (EfficientChannelAttention(), "'view' (called in 3) reshapes (2, 16) to (2, 1, 16)"),
+        (GlobalResponseNorm(), "'mean' (called in 3) reduces over channels or samples"),
+    ],
+)
+def test_channel_mixing_keeps_its_input_whole_and_compression_exact(middle, reason):
+    model = masked(middle)
+    x = torch.randn(2, 3, 8, 8)
+    compressed = compress(model, x)
+    assert relative_error(model(x), compressed(x)) < 1e-5
+    assert reason in compression_report(compressed)
+    assert compressed[4].out_channels == 8  # the conv after the mixing narrows all the same
+
+
+class Cumulative(nn.Module):
+    def forward(self, x):
+        return torch.cumsum(x, 1)
+
+
+def test_a_function_compression_does_not_know_is_still_refused_by_name():
+    model = masked(Cumulative())
+    with pytest.raises(UnsupportedOperation, match="'cumsum' .* is not an operation compression knows"):
+        compress(model, torch.randn(2, 3, 8, 8))
