@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from acosp import mask_bank
-from acosp.masks import ChannelMask, SigmoidSoftTopK, num_kept_channels, rounded_up
+from acosp.masks import ChannelMask, SigmoidSoftTopK, check_round_to, num_kept_channels
 
 PRUNABLE_TYPES = (nn.Conv2d, nn.ConvTranspose2d)
 
@@ -315,7 +315,7 @@ def soft_to_hard_k(model: nn.Module, round_to: int = 1, selection: str = "logits
     ``DistributedDataParallel`` model a new wrapper is returned (all ranks must call this
     together): use ``model = soft_to_hard_k(model)``.
     """
-    rounded_up(1, round_to, 1)  # validates round_to
+    check_round_to(round_to)
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be {' or '.join(SELECTIONS)}, got {selection!r}")
     scores = filter_l1_norms(model) if selection == "l1" else {}

@@ -33,10 +33,14 @@ def num_kept_channels(channels: int, sparsity: float, min_remaining_elements: in
     return min(channels, max(wanted, min_remaining_elements, 1))
 
 
-def rounded_up(k: int, round_to: int, channels: int) -> int:
-    """``k`` rounded up to a multiple of ``round_to``, but no more than ``channels``."""
+def check_round_to(round_to: int) -> None:
     if int(round_to) != round_to or round_to < 1:
         raise ValueError(f"round_to must be a positive integer, got {round_to}")
+
+
+def rounded_up(k: int, round_to: int, channels: int) -> int:
+    """``k`` rounded up to a multiple of ``round_to``, but no more than ``channels``."""
+    check_round_to(round_to)
     return min(channels, math.ceil(k / round_to) * int(round_to))
 
 

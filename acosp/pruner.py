@@ -1,7 +1,14 @@
-"""SoftTopKPruner: the schedule a training loop follows (configure, anneal per epoch, harden, log)."""
+"""SoftTopKPruner: the schedule a training loop follows (configure, step after every epoch, log).
+
+One lifecycle: ``configure_model`` masks the network, ``step(model, epoch)`` before each training
+epoch anneals the masks and hardens them when pruning ends, recording it (``finished``) so that a
+pruner restored from a checkpoint prepares hard masks. ``update_mask_layers`` (anneal) and
+``on_pruning_end`` (harden) are its two halves, the publication's calls.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -10,21 +17,6 @@ from torch import nn
 
 from acosp import inject, masks, stats
 from acosp.inject import SELECTIONS
-
-_STATE_KEYS = (
-    "starting_epoch",
-    "ending_epoch",
-    "final_sparsity",
-    "active",
-    "min_remaining_elements",
-    "initial_temp",
-    "final_temp",
-    "learnable_weights",
-    "finished",
-    "round_to",
-    "coupled_masks",
-    "selection",
-)
 
 
 def annealed_temperature(
@@ -42,60 +34,58 @@ def annealed_temperature(
     return math.exp(math.log(initial_temp) - progress * (math.log(initial_temp) - math.log(final_temp)))
 
 
+@dataclasses.dataclass
 class SoftTopKPruner:
     """Auto-Compressing Subset Pruning with sigmoid soft top-k channel masks.
 
-    ``configure_model`` masks every prunable conv; call ``update_mask_layers(model, epoch)`` after
-    each training epoch to anneal the temperature, and ``acosp.inject.soft_to_hard_k(model)`` (or
-    ``on_pruning_end``) when ``epoch == ending_epoch``. With ``selection="l1"`` (the L1-norm
-    baseline) the network stays dense until ``on_pruning_end``, which must then be called.
+    ``configure_model`` masks every prunable conv; call ``model = step(model, epoch)`` before each
+    training epoch: it anneals the temperature and, from ``ending_epoch`` on, hardens the masks.
+    With ``selection="l1"`` (the L1-norm baseline) the network stays dense until then. Its fields
+    are its state (``state_dict``), saved with checkpoints.
     """
 
-    def __init__(
-        self,
-        starting_epoch: int = 0,
-        ending_epoch: int = 100,
-        final_sparsity: float = 0.5,
-        active: bool = True,
-        min_remaining_elements: int = 8,
-        initial_temp: float = 1.0,
-        final_temp: float = 0.001,
-        learnable_weights: bool = True,
-        finished: bool = False,
-        round_to: int = 1,
-        coupled_masks: bool = False,
-        selection: str = "logits",
-    ):
-        if not 0.0 <= final_sparsity < 1.0:
-            raise ValueError(f"final_sparsity must lie in [0, 1), got {final_sparsity}")
-        if starting_epoch < 0:
-            raise ValueError(f"starting_epoch must be >= 0, got {starting_epoch}")
-        if ending_epoch < starting_epoch:
-            raise ValueError(f"ending_epoch ({ending_epoch}) must not come before starting_epoch ({starting_epoch})")
-        if not (initial_temp > 0 and final_temp > 0):
-            raise ValueError(f"temperatures must be positive, got initial_temp={initial_temp}, final_temp={final_temp}")
-        if selection not in SELECTIONS:
-            raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
-        if int(min_remaining_elements) != min_remaining_elements or min_remaining_elements < 0:
-            raise ValueError(f"min_remaining_elements must be a non-negative integer, got {min_remaining_elements}")
-        self.starting_epoch = int(starting_epoch)
-        self.ending_epoch = int(ending_epoch)
-        self.final_sparsity = float(final_sparsity)
-        self.active = bool(active)
-        self.min_remaining_elements = int(min_remaining_elements)
-        self.initial_temp = float(initial_temp)
-        self.final_temp = float(final_temp)
-        self.learnable_weights = bool(learnable_weights)
-        # Set by on_pruning_end, so that a pruner restored from a checkpoint prepares hard masks.
-        self.finished = bool(finished)
-        # Hard masks keep k rounded up to a multiple of this (see acosp.inject.soft_to_hard_k).
-        masks.rounded_up(1, round_to, 1)
-        self.round_to = int(round_to)
-        # Convs whose outputs are summed share one mask (acosp.compress.coupled_groups): residual streams narrow too.
-        self.coupled_masks = bool(coupled_masks)
-        self.selection = selection
-        self._groups: list[list[str]] = []  # the coupled groups configure_model found, for on_pruning_end
-        self._channel_groups: dict[str, int] = {}  # and the masks to keep even over a grouped conv's groups
+    starting_epoch: int = 0
+    ending_epoch: int = 100
+    final_sparsity: float = 0.5
+    active: bool = True  # False: a dense run, nothing is masked
+    min_remaining_elements: int = 8
+    initial_temp: float = 1.0
+    final_temp: float = 0.001
+    learnable_weights: bool = True
+    finished: bool = False  # pruning has ended: configure_model adds hard masks
+    round_to: int = 1  # hard masks keep k rounded up to a multiple of this (acosp.inject.soft_to_hard_k)
+    coupled_masks: bool = False  # convs whose outputs are summed share one mask: residual streams narrow too
+    selection: str = "logits"
+    # What configure_model found by running the network, for on_pruning_end: the coupled groups and
+    # the masks to keep even over a grouped conv's groups. Not state: found again on every configure.
+    _groups: list = dataclasses.field(default_factory=list, init=False, repr=False, compare=False)
+    _channel_groups: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.final_sparsity < 1.0:
+            raise ValueError(f"final_sparsity must lie in [0, 1), got {self.final_sparsity}")
+        if self.starting_epoch < 0:
+            raise ValueError(f"starting_epoch must be >= 0, got {self.starting_epoch}")
+        if self.ending_epoch < self.starting_epoch:
+            raise ValueError(
+                f"ending_epoch ({self.ending_epoch}) must not come before starting_epoch ({self.starting_epoch})"
+            )
+        if not (self.initial_temp > 0 and self.final_temp > 0):
+            raise ValueError(
+                f"temperatures must be positive, got initial_temp={self.initial_temp}, final_temp={self.final_temp}"
+            )
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
+        remaining = self.min_remaining_elements
+        if int(remaining) != remaining or remaining < 0:
+            raise ValueError(f"min_remaining_elements must be a non-negative integer, got {remaining}")
+        masks.check_round_to(self.round_to)
+        for name, kind in (("starting_epoch", int), ("ending_epoch", int), ("final_sparsity", float)):
+            setattr(self, name, kind(getattr(self, name)))
+        for name in ("active", "learnable_weights", "finished", "coupled_masks"):
+            setattr(self, name, bool(getattr(self, name)))
+        self.min_remaining_elements, self.round_to = int(remaining), int(self.round_to)
+        self.initial_temp, self.final_temp = float(self.initial_temp), float(self.final_temp)
 
     @property
     def adds_masks(self) -> bool:
@@ -149,6 +139,22 @@ class SoftTopKPruner:
             channel_groups=self._channel_groups,
         )
 
+    def step(self, model: nn.Module, epoch: int, last: bool = False) -> nn.Module:
+        """The masks for training epoch ``epoch`` (0-based): call it before each epoch.
+
+        Anneals every soft mask to the temperature the previous epoch ended on,
+        ``temperature(epoch - 1)``; from ``ending_epoch`` on, hardens them (``on_pruning_end``),
+        once. ``last=True`` after the last epoch (``epoch`` = the number of epochs) hardens them
+        even where training ends before pruning does. Returns the model (a new wrapper for DDP).
+        A no-op once pruning has ended, and for a dense run.
+        """
+        if not self.active:
+            return model
+        self.update_mask_layers(model, epoch - 1)
+        if epoch >= self.ending_epoch or last:
+            model = self.on_pruning_end(model)
+        return model
+
     def update_mask_layers(self, model: nn.Module, epoch: int) -> None:
         """Set every soft mask to the temperature of ``epoch``."""
         if not self.active:
@@ -182,19 +188,20 @@ class SoftTopKPruner:
         return logs
 
     def state_dict(self) -> dict[str, Any]:
-        return {key: getattr(self, key) for key in _STATE_KEYS}
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self) if field.init}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        state = {"finished": False, "round_to": 1, "coupled_masks": False, "selection": "logits", **state}
-        missing = [key for key in _STATE_KEYS if key not in state]
-        unknown = [key for key in state if key not in _STATE_KEYS]
+        """Take the settings of ``state``; keys that older checkpoints lack take their defaults."""
+        known = [field.name for field in dataclasses.fields(self) if field.init]
+        defaults = {field.name for field in dataclasses.fields(self) if field.init and field.name in _ADDED_LATER}
+        missing = [key for key in known if key not in state and key not in defaults]
+        unknown = [key for key in state if key not in known]
         if missing or unknown:
             raise ValueError(f"not a SoftTopKPruner state: missing keys {missing}, unknown keys {unknown}")
-        found = self._groups, self._channel_groups
         restored = SoftTopKPruner(**state)
-        self.__dict__.update(restored.__dict__)
-        self._groups, self._channel_groups = found
+        for key in known:
+            setattr(self, key, getattr(restored, key))
 
-    def __repr__(self) -> str:
-        settings = ", ".join(f"{key}={getattr(self, key)!r}" for key in _STATE_KEYS)
-        return f"SoftTopKPruner({settings})"
+
+# Settings that checkpoints of earlier versions lack: they load with the defaults.
+_ADDED_LATER = ("finished", "round_to", "coupled_masks", "selection")

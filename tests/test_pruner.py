@@ -292,3 +292,97 @@ def test_pruner_state_without_finished_flag_loads():
     pruner = SoftTopKPruner()
     pruner.load_state_dict(state)
     assert pruner.ending_epoch == 5 and not pruner.finished
+
+
+def publication_loop(pruner, model, epochs):
+    """The publication's calls: harden at ending_epoch, anneal after every epoch."""
+    temperatures = []
+    for epoch in range(epochs):
+        if pruner.active and epoch >= pruner.ending_epoch:
+            model = pruner.on_pruning_end(model)
+        temperatures.append([float(m.temperature) for m in acosp.inject.soft_masks(model)])
+        pruner.update_mask_layers(model, epoch)
+    return model, temperatures
+
+
+def test_step_before_each_epoch_follows_the_publications_calls():
+    torch.manual_seed(0)
+    reference = SmallCNN()
+    model = SmallCNN()
+    model.load_state_dict(reference.state_dict())
+    old, new = SoftTopKPruner(1, 4, 0.5), SoftTopKPruner(1, 4, 0.5)
+    torch.manual_seed(1)
+    old.configure_model(reference)
+    torch.manual_seed(1)
+    new.configure_model(model)
+    reference, expected = publication_loop(old, reference, 6)
+    seen = []
+    for epoch in range(6):
+        model = new.step(model, epoch)
+        seen.append([float(m.temperature) for m in acosp.inject.soft_masks(model)])
+    assert seen == expected
+    assert new.finished and not new.active and new.state_dict() == old.state_dict()
+    assert [m.mask.tolist() for _, m in named_mask_layers(model)] == [
+        m.mask.tolist() for _, m in named_mask_layers(reference)
+    ]
+
+
+def test_step_hardens_once_and_a_restored_pruner_prepares_hard_masks():
+    model = SmallCNN()
+    pruner = SoftTopKPruner(0, 2, 0.5)
+    pruner.configure_model(model)
+    model = pruner.step(model, 1)
+    assert all(isinstance(m, SigmoidSoftTopK) for _, m in named_mask_layers(model))
+    assert float(next(iter(acosp.inject.soft_masks(model))).temperature) == pytest.approx(pruner.temperature(0))
+    model = pruner.step(model, 2)
+    hard = [m for _, m in named_mask_layers(model)]
+    assert all(isinstance(m, ChannelMask) for m in hard) and pruner.finished
+    assert pruner.step(model, 3) is model and [m for _, m in named_mask_layers(model)] == hard  # once
+    restored = SoftTopKPruner()
+    restored.load_state_dict(pruner.state_dict())
+    fresh = restored.configure_model(SmallCNN())
+    assert all(isinstance(m, ChannelMask) for _, m in named_mask_layers(fresh))
+
+
+def test_step_after_the_last_epoch_hardens_where_training_ends_early():
+    model = SmallCNN()
+    pruner = SoftTopKPruner(0, 10, 0.5)
+    pruner.configure_model(model)
+    model = pruner.step(model, 3, last=True)
+    assert pruner.finished and all(isinstance(m, ChannelMask) for _, m in named_mask_layers(model))
+
+
+def test_a_dense_run_steps_through_nothing():
+    model = SmallCNN()
+    pruner = SoftTopKPruner(0, 1, 0.5, active=False)
+    assert pruner.configure_model(model) is model
+    assert pruner.step(model, 5, last=True) is model and not pruner.finished
+    assert not list(named_mask_layers(model))
+
+
+def test_the_state_is_the_settings_declared_once():
+    pruner = SoftTopKPruner(2, 9, 0.75, round_to=8, coupled_masks=True, selection="l1")
+    state = pruner.state_dict()
+    assert list(state) == [
+        "starting_epoch",
+        "ending_epoch",
+        "final_sparsity",
+        "active",
+        "min_remaining_elements",
+        "initial_temp",
+        "final_temp",
+        "learnable_weights",
+        "finished",
+        "round_to",
+        "coupled_masks",
+        "selection",
+    ]
+    assert repr(pruner).startswith("SoftTopKPruner(starting_epoch=2, ending_epoch=9, final_sparsity=0.75")
+    assert "_groups" not in repr(pruner)
+    copy = SoftTopKPruner()
+    copy.load_state_dict(state)
+    assert copy == pruner
+    with pytest.raises(ValueError, match=r"unknown keys \['sparsity'\]"):
+        copy.load_state_dict({**state, "sparsity": 0.5})
+    with pytest.raises(ValueError, match="round_to must be a positive integer, got 0"):
+        SoftTopKPruner(round_to=0)

@@ -1,7 +1,8 @@
 """Train a network with ACoSP: python tool/train.py --config FILE [key value ...].
 
 Reads top to bottom: config, processes, data, network, pruner, optimizer, then the epochs. Each
-epoch: harden the masks if pruning ends here, train, set the next temperature, validate, log, save.
+epoch: the pruner's step (the masks' temperature; hard masks from ending_epoch on), train,
+validate, log, save.
 Start several processes with torchrun (tool/train.sh does it when NPROC is set).
 """
 
@@ -35,12 +36,12 @@ from util.distributed import barrier, broadcast_int, close_processes, init_proce
 from util.experiment_lock import ExperimentBusy, check_not_replacing, hold  # noqa: E402
 from util.list_files import OverwriteError  # noqa: E402
 from util.metrics import training_metrics  # noqa: E402
-from util.optimizer import build_optimizer  # noqa: E402
+from util.optimizer import build_optimizer, drop_stale_parameters  # noqa: E402
 from util.sampling import make_loader, per_process_batch, seed_epoch  # noqa: E402
 from util.shapes import ensure_dataset  # noqa: E402
 from util.stop_signals import StopRequested, StopSignals  # noqa: E402
 from util.tensorboard import RunLog, pruning_logs, read_palette  # noqa: E402
-from util.training import StepContext, TrainingError, end_pruning, progress_bar, train_epoch, validate  # noqa: E402
+from util.training import StepContext, TrainingError, progress_bar, train_epoch, validate  # noqa: E402
 
 logger = logging.getLogger("train")
 
@@ -260,15 +261,23 @@ def run(cfg, processes, removed: list) -> int:
         saved = checkpoint.training_checkpoint(cfg, model, optimizer, scaler, pruner, epoch, best, iteration > 0)
         return {**saved, "iteration": iteration, "seed": seed}
 
+    def step_pruning(epoch: int, last: bool = False) -> nn.Module:
+        """The pruner's step before ``epoch``: anneal, and harden when pruning ends (the logits leave the optimizer)."""
+        pruning = pruner.active
+        stepped = pruner.step(model, epoch, last)
+        if pruning and pruner.finished:
+            dropped = drop_stale_parameters(optimizer, stepped)
+            when = "after the last epoch" if last else f"before epoch {epoch + 1}"
+            logger.info("%s: masks hardened; the optimizer dropped %d mask logits", when, dropped)
+        return stepped
+
     epoch, first_loss = first_epoch, None
     try:
         with signals:
             for epoch in progress_bar(
                 range(first_epoch, cfg.epochs), processes, desc="epochs", initial=first_epoch, total=cfg.epochs
             ):
-                if pruner.active and epoch >= cfg.ending_epoch:
-                    model, dropped = end_pruning(pruner, model, optimizer)
-                    logger.info("epoch %d: masks hardened; the optimizer dropped %d mask logits", epoch + 1, dropped)
+                model = step_pruning(epoch)  # the masks this epoch trains and validates with
                 seed_epoch(seed, epoch)
                 train_sampler.set_epoch(epoch)
                 result = train_epoch(
@@ -298,9 +307,6 @@ def run(cfg, processes, removed: list) -> int:
                     run_log.images(val.samples, palette, cfg.mean, cfg.std, epoch + 1)
                     logger.info("epoch %d/%d val loss %.4f %s", epoch + 1, cfg.epochs, val.loss, _summary(val.metrics))
                     best = {"epoch": epoch + 1, **val.metrics} if _better(val.metrics, best) else best
-                # After validation: BatchNorm's running statistics were gathered at this epoch's
-                # temperature, and validating at the next one would scale channels they never saw.
-                pruner.update_mask_layers(model, epoch)
                 if processes.distributed and pruner.adds_masks:
                     if not masks_agree(model):
                         raise TrainingError(f"epoch {epoch + 1}: the masks differ between processes")
@@ -315,9 +321,8 @@ def run(cfg, processes, removed: list) -> int:
                         logs["acosp/total_channels"],
                     )
                 last_epoch = epoch + 1 == cfg.epochs
-                if last_epoch and pruner.active:
-                    model, _ = end_pruning(pruner, model, optimizer)  # pruning never reached ending_epoch: harden now
-                    logger.info("training ends before ending_epoch: masks hardened after the last epoch")
+                if last_epoch:
+                    model = step_pruning(cfg.epochs, last=True)  # training may end before pruning does
                 if processes.is_main:
                     saved = state(epoch + 1)
                     if (epoch + 1) % cfg.save_freq == 0 or last_epoch:

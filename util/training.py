@@ -1,4 +1,4 @@
-"""One epoch of training, one pass of validation, and the end of the pruning phase.
+"""One epoch of training and one pass of validation.
 
 The data (``util.dataset``, ``util.sampling``, ``util.transform``) and the checkpoints
 (``util.checkpoint``) live beside; tool/train.py wires them together.
@@ -17,22 +17,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from acosp.pruner import SoftTopKPruner
 from model import is_classification
 from util.checkpoint import restore_rng_state
 from util.distributed import Processes, all_reduce_sum, any_rank
-from util.optimizer import drop_stale_parameters, learning_rate, set_learning_rate
+from util.optimizer import learning_rate, set_learning_rate
 from util.stop_signals import StopRequested
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (a loss that is not finite, masks that differ); the message says what is kept."""
-
-
-def end_pruning(pruner: SoftTopKPruner, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, int]:
-    """Harden the masks and drop the mask logits from the optimizer; returns the model and how many were dropped."""
-    model = pruner.on_pruning_end(model)
-    return model, drop_stale_parameters(optimizer, model)
 
 
 @dataclass
