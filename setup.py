@@ -1,4 +1,7 @@
-"""Installs the ``acosp`` library; ``model``, ``util`` and ``tool`` run from the repository root."""
+"""Installs the ``acosp`` library and ``semseg``, the research pipeline that ``tool/`` and ``benchmarks/`` run.
+
+Install with ``pip install -e .`` to work on the repository: the scripts then import its code as you edit it.
+"""
 
 from pathlib import Path
 
@@ -18,7 +21,7 @@ setup(
     long_description=(here / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="MIT",
-    packages=find_packages(include=["acosp", "acosp.*"]),
+    packages=find_packages(include=["acosp", "acosp.*", "semseg", "semseg.*"]),
     python_requires=">=3.9",
     install_requires=[
         "torch>=2.0",

@@ -34,19 +34,15 @@ import copy
 import sys
 import warnings
 from collections import defaultdict
-from pathlib import Path
 
 import torch
+import torch_pruning_peer  # beside this script: run as python benchmarks/compress_speed.py
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import torch_pruning_peer  # noqa: E402  (beside this script)
-
-from acosp.compress import compress, compression_spec, model_statistics, relative_error  # noqa: E402
-from acosp.pruner import SoftTopKPruner  # noqa: E402
-from model import build_model  # noqa: E402
-from util.latency import median_latencies  # noqa: E402
+from acosp.compress import compress, compression_spec, model_statistics, relative_error
+from acosp.pruner import SoftTopKPruner
+from semseg.models import build_model
+from semseg.reporting.latency import median_latencies
 
 SPARSITIES = (0.5, 0.75, 0.875, 0.9375)
 NETWORKS = {

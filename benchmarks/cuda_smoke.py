@@ -14,17 +14,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import acosp  # noqa: E402
-from acosp.inject import soft_masks  # noqa: E402
-from acosp.pruner import SoftTopKPruner  # noqa: E402
-from model import build_model  # noqa: E402
+import acosp
+from acosp.inject import soft_masks
+from acosp.pruner import SoftTopKPruner
+from semseg.models import build_model
 
 
 def conv_forward_backward(device: torch.device) -> None:

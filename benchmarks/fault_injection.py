@@ -23,14 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
+from semseg.data.shapes import generate
+from semseg.training.checkpoint import load_checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from util.checkpoint import load_checkpoint  # noqa: E402
-from util.shapes import generate  # noqa: E402
-
 EXPECTED = ("config.yaml", "final.pth", "last.pth", ".lock")  # and train_epoch_*.pth, train-*.log
 
 

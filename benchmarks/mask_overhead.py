@@ -12,17 +12,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import acosp.inject  # noqa: E402
-from acosp.pruner import SoftTopKPruner  # noqa: E402
+import acosp.inject
+from acosp.pruner import SoftTopKPruner
 
 WIDTHS = (64, 64, 128, 128, 256, 256, 256, 512)
 

@@ -10,7 +10,7 @@
 
 Each sparsity runs ``sh tool/train.sh DATASET NETWORK[_S]`` (training, then the test) with the
 same config but for the sparsity. The table gives mIoU and mAcc, the publication's numbers for the
-same row where it has them (util/published.py), parameters and MACs as the compressed network has
+same row where it has them (semseg/reporting/published.py), parameters and MACs as the compressed network has
 them, the compression ratio as the publication defines it, 1 / (1 - s), and as counted (dense
 parameters / kept parameters), the compressed network's CPU latency (batch 1, at the test crop
 size, median of 10 runs) and each run's wall time. It goes into the document between the markers
@@ -31,13 +31,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from util.atomic import atomic_path  # noqa: E402
-from util.experiment import (  # noqa: E402
+from semseg.atomic import atomic_path
+from semseg.reporting.experiment import (
     compressed_macs,
     config_path,
     is_finished,
@@ -47,10 +44,11 @@ from util.experiment import (  # noqa: E402
     train_and_test,
     write_table,
 )
-from util.latency import median_latency  # noqa: E402
-from util.published import published  # noqa: E402
-from util.run_summary import format_count, paper_ratio, run_result  # noqa: E402
+from semseg.reporting.latency import median_latency
+from semseg.reporting.published import published
+from semseg.reporting.run_summary import format_count, paper_ratio, run_result
 
+ROOT = Path(__file__).resolve().parents[1]
 SPARSITIES = (0.0, 0.5, 0.75, 0.875, 0.9375)
 # The recipe a dataset's table trains unless --network says otherwise, and where its table goes.
 DEFAULT_NETWORK = {"shapes": "segnet", "camvid": "segnet_cpu"}

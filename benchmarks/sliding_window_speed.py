@@ -4,7 +4,7 @@
                                               [--device cuda] [--images 3] [--size 1024x2048] [key value ...]
 
 Builds the config's network (random weights: ``pretrained_weights`` is not read) and runs
-``util.inference.SlidingWindowPredictor``, configured from the config's TEST keys (``base_size``,
+``semseg.evaluation.inference.SlidingWindowPredictor``, configured from the config's TEST keys (``base_size``,
 ``test_h``/``test_w``, ``scales``, ``flip``, ``batch_size_test``, ``amp``) exactly as tool/test.py
 does, on random images of ``--size`` (default: Cityscapes' 1024x2048), after one untimed image.
 A window is one crop of the image at one scale; with ``flip`` it goes through the network twice.
@@ -20,12 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from semseg.config import load_config
+from semseg.evaluation.inference import SlidingWindowPredictor, scaled_size, window_starts
+from semseg.models import build_model
 
-from model import build_model  # noqa: E402
-from util.config import load_config  # noqa: E402
-from util.inference import SlidingWindowPredictor, scaled_size, window_starts  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def windows_per_image(predictor: SlidingWindowPredictor, height: int, width: int) -> int:

@@ -123,14 +123,6 @@ def torch_pruning_prune(plain: nn.Module, removed: dict[str, list[int]], example
     return network.eval()
 
 
-def torch_pruning_counts(network: nn.Module, example: torch.Tensor) -> tuple[int, int]:
-    """(MACs, parameters) as Torch-Pruning's own counter reports them."""
-    import torch_pruning
-
-    macs, parameters = torch_pruning.utils.count_ops_and_params(network, example)
-    return int(macs), int(parameters)
-
-
 def compare(masked: nn.Module, example: torch.Tensor) -> tuple[nn.Module, tuple[float, float]]:
     """Torch-Pruning's network for ``masked``'s hard masks, and its errors (relative, as ``compress`` measures them)
     against the removal it claims and against ``masked`` itself.

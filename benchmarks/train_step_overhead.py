@@ -20,16 +20,12 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from acosp.pruner import SoftTopKPruner  # noqa: E402
-from model import build_model  # noqa: E402
+from acosp.pruner import SoftTopKPruner
+from semseg.models import build_model
 
 NETWORKS = {"PSPNet50": {"arch": "psp", "layers": 50, "classes": 19}, "SegNet": {"arch": "segnet", "classes": 11}}
 KINDS = ("dense", "soft", "hard")

@@ -16,14 +16,11 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from acosp import SoftTopKPruner  # noqa: E402
-from model import build_model, describe_arch  # noqa: E402
-from util.config import load_config  # noqa: E402
+from acosp import SoftTopKPruner
+from semseg.config import load_config
+from semseg.models import build_model, describe_arch
 
 GIB = 2**30
 

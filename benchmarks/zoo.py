@@ -24,17 +24,14 @@ import time
 import traceback
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
+from torch import nn
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-import acosp.compress  # noqa: E402
-import acosp.inject  # noqa: E402
-from acosp import SoftTopKPruner  # noqa: E402
-from util.experiment import machine, write_table  # noqa: E402
-from util.latency import median_latencies  # noqa: E402
+import acosp.compress
+import acosp.inject
+from acosp import SoftTopKPruner
+from semseg.reporting.experiment import machine, write_table
+from semseg.reporting.latency import median_latencies
 
 # Transformers without convs to prune, and networks too large for a CPU run of a few seconds.
 SKIPPED_TORCHVISION = ("vit_", "swin", "maxvit", "regnet_y_128gf", "regnet_y_32gf", "regnet_y_16gf", "vgg")

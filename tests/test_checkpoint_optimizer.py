@@ -7,9 +7,9 @@ import torch
 
 from acosp import SoftTopKPruner
 from acosp.inject import soft_masks, soft_to_hard_k
-from model import build_model, describe_arch
-from util.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
-from util.optimizer import build_optimizer, drop_stale_parameters, learning_rate, parameter_groups
+from semseg.models import build_model, describe_arch
+from semseg.training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from semseg.training.optimizer import build_optimizer, drop_stale_parameters, learning_rate, parameter_groups
 
 SMALL_SEGNET = {"arch": "segnet", "classes": 3, "width": 0.125}
 

@@ -18,7 +18,7 @@ from acosp.compress import (
 )
 from acosp.compression.layers import CompressedConv2d, channel_runs
 from acosp.pruner import SoftTopKPruner
-from model import build_model
+from semseg.models import build_model
 
 STANDARD = (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.Linear)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from util.config import (
+from semseg.config import (
     SCHEMA,
     CfgNode,
     ConfigError,
@@ -189,7 +189,7 @@ def test_all_problems_are_reported_together(tmp_path):
 
 def test_errors_are_value_errors_not_asserts():
     assert issubclass(ConfigError, ValueError)
-    source = (ROOT / "util" / "config.py").read_text()
+    source = (ROOT / "semseg" / "config.py").read_text()
     assert "assert " not in source
 
 
@@ -319,6 +319,6 @@ def test_shipped_recipes_are_the_publications():
 
 def test_shipped_configs_match_their_generator():
     result = subprocess.run(
-        [sys.executable, "tool/make_configs.py", "--check"], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "config/make_configs.py", "--check"], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr

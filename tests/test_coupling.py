@@ -8,7 +8,7 @@ from acosp.compress import compress, compression_report, coupled_groups, relativ
 from acosp.inject import MaskedConv, inject_soft_masks, named_mask_layers, soft_to_hard_k
 from acosp.masks import ChannelMask
 from acosp.pruner import SoftTopKPruner
-from model import build_model
+from semseg.models import build_model
 
 
 class Branches(nn.Module):

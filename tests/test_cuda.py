@@ -16,7 +16,7 @@ from train_helpers import load_tool, write_config
 from acosp.compress import compress, compression_spec, full_float32_precision, relative_error
 from acosp.inject import soft_masks
 from acosp.pruner import SoftTopKPruner
-from model import build_model
+from semseg.models import build_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")

@@ -9,12 +9,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from util import dataset
-from util import transform as T
-from util.config import ROOT, build_config, load_config
-from util.dataset import Cifar10, DatasetError, ListEntry, SemData, read_cifar10_batch, read_list
-from util.evaluate import read_entries
-from util.transform import segmentation_transforms
+from semseg.config import ROOT, build_config, load_config
+from semseg.data import dataset
+from semseg.data import transform as T
+from semseg.data.dataset import Cifar10, DatasetError, ListEntry, SemData, read_cifar10_batch, read_list
+from semseg.data.transform import segmentation_transforms
+from semseg.evaluation.evaluate import read_entries
 
 CLASSES = 4
 

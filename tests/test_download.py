@@ -11,10 +11,10 @@ import torch
 from test_models import _torchvision_vgg16
 from train_helpers import ROOT, load_tool, make_cifar10_batches, write_config
 
-from model.segnet import SegNet
-from util import download
-from util.config import load_config
-from util.download import DownloadError, Source, check, fetch
+from semseg.config import load_config
+from semseg.data import download
+from semseg.data.download import DownloadError, Source, check, fetch
+from semseg.models.segnet import SegNet
 
 download_tool = load_tool("download")
 train_tool = load_tool("train")

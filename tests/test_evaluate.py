@@ -15,8 +15,8 @@ import yaml
 
 import tool.demo as demo_tool
 import tool.test as test_tool
-from model import build_model, describe_arch
-from util.checkpoint import save_checkpoint
+from semseg.models import build_model, describe_arch
+from semseg.training.checkpoint import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = 3
@@ -233,9 +233,10 @@ def test_test_sh_finds_the_experiment_and_reports_bad_arguments(experiment, tmp_
 
 def _repository_copy(experiment: Path, tmp_path: Path, experiments: tuple[str, ...] = ("segnet",)) -> Path:
     """A copy of the repository with config/tiny/tiny_segnet.yaml and the checkpoint in exp/tiny/<name>/model,
-    so that config/ and exp/ of the experiment live in a throwaway tree."""
+    so that config/ and exp/ of the experiment live in a throwaway tree (run with PYTHONPATH at it, so that
+    its own semseg, whose ROOT is the tree, comes before the installed one)."""
     tree = tmp_path / "repo"
-    for folder in ("acosp", "model", "util", "tool", "dataset"):
+    for folder in ("acosp", "semseg", "tool", "dataset"):
         shutil.copytree(ROOT / folder, tree / folder, ignore=shutil.ignore_patterns("__pycache__"))
     config = yaml.safe_load((experiment / "tiny_segnet.yaml").read_text())
     del config["TRAIN"]["save_path"], config["TEST"]["save_folder"]
@@ -249,7 +250,7 @@ def _repository_copy(experiment: Path, tmp_path: Path, experiments: tuple[str, .
 
 def test_test_sh_writes_the_results_beside_an_overridden_save_path(experiment, tmp_path):
     tree = _repository_copy(experiment, tmp_path, ("segnet", "other"))
-    environment = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu"}
+    environment = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "PYTHONPATH": str(tree)}
     command = ["sh", "tool/test.sh", "tiny", "segnet", "save_path", "exp/tiny/other/model"]
     result = subprocess.run(command, cwd=tree, env=environment, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -259,7 +260,13 @@ def test_test_sh_writes_the_results_beside_an_overridden_save_path(experiment, t
 
 def test_two_processes_through_test_sh_give_the_single_process_results(experiment, tmp_path):
     tree = _repository_copy(experiment, tmp_path)
-    environment = {**os.environ, "PYTHON": sys.executable, "NPROC": "2", "OMP_NUM_THREADS": "1"}
+    environment = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "NPROC": "2",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(tree),
+    }
     result = subprocess.run(
         ["sh", "tool/test.sh", "tiny", "segnet", "batch_size_test", "4"],
         cwd=tree,
@@ -299,7 +306,7 @@ def test_demo_writes_colour_and_overlay_pictures_and_reports_bad_files(experimen
 
 
 def test_demo_from_a_checkpoint_alone_uses_the_config_saved_in_it(experiment, tmp_path, capsys):
-    from util.config import load_config
+    from semseg.config import load_config
 
     cfg = load_config(experiment / "tiny_segnet.yaml")
     checkpoint = torch.load(experiment / "exp" / "model" / "final.pth", weights_only=True)

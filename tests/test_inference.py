@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from model import build_model
-from util.inference import IMAGENET_MEAN, IMAGENET_STD, SlidingWindowPredictor, scaled_size, window_starts
+from semseg.evaluation.inference import IMAGENET_MEAN, IMAGENET_STD, SlidingWindowPredictor, scaled_size, window_starts
+from semseg.models import build_model
 
 
 def random_image(height, width, seed=0):

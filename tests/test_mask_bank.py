@@ -11,7 +11,7 @@ from acosp import mask_bank
 from acosp.inject import MaskedConv, soft_masks, soft_to_hard_k
 from acosp.masks import SigmoidSoftTopK, sigmoid_soft_top_k
 from acosp.pruner import SoftTopKPruner
-from model import build_model
+from semseg.models import build_model
 
 
 def layers(*shapes):

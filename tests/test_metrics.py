@@ -1,4 +1,4 @@
-"""Confusion-matrix scores: semseg's numbers, NaN-excluded absent classes, sums over processes, helpers."""
+"""Confusion-matrix scores: semseg's numbers, NaN-excluded absent classes, sums over processes, colours."""
 
 import math
 from types import SimpleNamespace
@@ -9,12 +9,19 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from util.metrics import ClassificationAccuracy, SegmentationMetrics, confusion_matrix, scores, training_metrics
-from util.util import AverageMeter, colorize, intersectionAndUnion, intersectionAndUnionGPU, poly_learning_rate
+from semseg.data.palette import colorize
+from semseg.evaluation.metrics import (
+    ClassificationAccuracy,
+    SegmentationMetrics,
+    areas,
+    confusion_matrix,
+    scores,
+    training_metrics,
+)
 
 
 def semseg_areas(output, target, classes, ignore_index=255):
-    """semseg's histogram formulation, written out independently of util.metrics."""
+    """semseg's histogram formulation, written out independently of semseg.evaluation.metrics."""
     output, target = output.reshape(-1).copy(), target.reshape(-1)
     output[target == ignore_index] = ignore_index
     intersection = output[output == target]
@@ -36,10 +43,10 @@ def random_maps(seed, classes=5, shape=(4, 9, 7)):
 def test_areas_match_semseg_histograms_on_numpy_and_torch():
     pred, target = random_maps(0)
     expected = semseg_areas(pred, target, 5)
-    for got in (intersectionAndUnion(pred, target, 5), intersectionAndUnionGPU(torch.from_numpy(pred), target, 5)):
+    for output, labels in ((pred, target), (torch.from_numpy(pred), torch.from_numpy(target))):
+        got = areas(confusion_matrix(output, labels, 5, 255))
         for area, reference in zip(got, expected):
             np.testing.assert_array_equal(np.asarray(area), reference)
-    assert isinstance(intersectionAndUnionGPU(torch.from_numpy(pred), torch.from_numpy(target), 5)[0], torch.Tensor)
 
 
 def test_confusion_matrix_counts_pairs_and_skips_ignored_pixels():
@@ -138,14 +145,7 @@ def test_training_metrics_per_epoch_for_segmentation_and_classification():
     assert accuracy.reduce() == {"accuracy": 0.5}
 
 
-def test_semseg_helpers():
-    assert poly_learning_rate(0.01, 0, 100) == 0.01
-    assert poly_learning_rate(0.01, 50, 100, power=1.0) == pytest.approx(0.005)
-    assert poly_learning_rate(0.01, 100, 100) == 0
-    meter = AverageMeter()
-    meter.update(2.0)
-    meter.update(5.0, n=3)
-    assert (meter.val, meter.sum, meter.count, meter.avg) == (5.0, 17.0, 4, 4.25)
+def test_colorize_takes_semsegs_flat_palette_and_rows_of_colours():
     gray = np.array([[0, 1], [255, 1]], dtype=np.uint8)
     rgb = colorize(gray, [10, 20, 30, 40, 50, 60])  # semseg's flat palette
     assert rgb.shape == (2, 2, 3) and rgb.dtype == np.uint8

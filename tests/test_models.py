@@ -7,12 +7,12 @@ from torch import nn
 from acosp.inject import MaskedConv, is_prunable, soft_to_hard_k
 from acosp.masks import num_kept_channels
 from acosp.pruner import SoftTopKPruner
-from model import build_model, describe_arch
-from model.cifar_resnet import CifarResNet18
-from model.pretrained import WeightFileError, read_state_dict
-from model.pspnet import PSPNet
-from model.resnet import ResNet
-from model.segnet import SegNet
+from semseg.models import build_model, describe_arch
+from semseg.models.cifar_resnet import CifarResNet18
+from semseg.models.pretrained import WeightFileError, read_state_dict
+from semseg.models.pspnet import PSPNet
+from semseg.models.resnet import ResNet
+from semseg.models.segnet import SegNet
 
 # A few keys of hszhao/semseg's PSPNet50 (19 classes) with their shapes.
 SEMSEG_PSPNET50_KEYS = {

@@ -8,12 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
-from tool import convert_cityscapes, make_lists
-from util import prepare_data
-from util.config import load_config
-from util.dataset import SemData
-from util.list_files import OverwriteError, mark
-from util.prepare_data import (
+from semseg.config import load_config
+from semseg.data import prepare_data
+from semseg.data.dataset import SemData
+from semseg.data.list_files import OverwriteError, mark
+from semseg.data.prepare_data import (
     CITYSCAPES_TRAIN_IDS,
     convert_label,
     lookup_table,
@@ -21,6 +20,7 @@ from util.prepare_data import (
     prepare_camvid,
     prepare_voc2012,
 )
+from tool import convert_cityscapes, make_lists
 
 ROOT = Path(__file__).resolve().parents[1]
 LIST_MARK = mark("make_lists")

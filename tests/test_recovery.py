@@ -13,13 +13,13 @@ import torch
 import yaml
 from train_helpers import ROOT, load_tool, write_config
 
-from util import checkpoint as checkpoint_module
-from util import training
-from util.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from util.dataset import read_list
-from util.experiment_lock import ExperimentBusy, hold
-from util.stop_signals import EXIT_INTERRUPTED, EXIT_PREEMPTED
-from util.training import TrainingError
+from semseg.data.dataset import read_list
+from semseg.training import checkpoint as checkpoint_module
+from semseg.training import epoch as training
+from semseg.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from semseg.training.epoch import TrainingError
+from semseg.training.experiment_lock import ExperimentBusy, hold
+from semseg.training.stop_signals import EXIT_INTERRUPTED, EXIT_PREEMPTED
 
 train_tool = load_tool("train")
 test_tool = load_tool("test")

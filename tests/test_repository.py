@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from util.atomic import atomic_path
+from semseg.atomic import atomic_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,7 @@ def test_atomic_path_replaces_only_on_success(tmp_path):
 def test_plot_soft_mask_writes_a_png(tmp_path):
     output = tmp_path / "mask.png"
     result = subprocess.run(
-        [sys.executable, "tool/plot_soft_mask.py", "--output", str(output), "--channels", "32", "--keep", "8"],
+        [sys.executable, "figures/plot_soft_mask.py", "--output", str(output), "--channels", "32", "--keep", "8"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -47,7 +47,7 @@ def test_plot_soft_mask_writes_a_png(tmp_path):
 
 def test_plot_soft_mask_rejects_impossible_keep(tmp_path):
     result = subprocess.run(
-        [sys.executable, "tool/plot_soft_mask.py", "--output", str(tmp_path / "x.png"), "--keep", "64"],
+        [sys.executable, "figures/plot_soft_mask.py", "--output", str(tmp_path / "x.png"), "--keep", "64"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -3,7 +3,7 @@
 import pytest
 
 from benchmarks import results_table
-from util.published import published
+from semseg.reporting.published import published
 
 
 def row(sparsity, miou, parameters, paper):

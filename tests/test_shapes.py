@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from train_helpers import ROOT
 
-from util.config import load_config
-from util.dataset import SemData, read_label
-from util.list_files import OverwriteError
-from util.palette import read_colors, read_names
-from util.shapes import CLASSES, COLORS, IGNORE, ensure_dataset, generate, sample
+from semseg.config import load_config
+from semseg.data.dataset import SemData, read_label
+from semseg.data.list_files import OverwriteError
+from semseg.data.palette import read_colors, read_names
+from semseg.data.shapes import CLASSES, COLORS, IGNORE, ensure_dataset, generate, sample
 
 SIZES = {"train": 6, "val": 3, "test": 3}
 
@@ -100,7 +100,7 @@ def test_impossible_sizes_are_value_errors(tmp_path):
 
 def test_ensure_dataset_generates_only_when_the_lists_are_missing(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr("util.shapes.generate", lambda root: calls.append(root) or generate(root, SIZES))
+    monkeypatch.setattr("semseg.data.shapes.generate", lambda root: calls.append(root) or generate(root, SIZES))
     root = tmp_path / "shapes"
     opts = ["data_root", str(root)] + [
         item for split in ("train", "val", "test") for item in (f"{split}_list", str(root / f"{split}.txt"))

@@ -8,10 +8,10 @@ import statistics
 import pytest
 from train_helpers import load_tool
 
-from util import experiment
-from util.shapes import generate
-from util.studies import camvid_cpu, small_dense_width
-from util.study import Cell, Run, Study, matched_width, mean_std, parameter_count, summarize
+from semseg.data.shapes import generate
+from semseg.reporting import experiment
+from semseg.reporting.studies import camvid_cpu, small_dense_width
+from semseg.reporting.study import Cell, Run, Study, matched_width, mean_std, parameter_count, summarize
 
 study_tool = load_tool("study")
 

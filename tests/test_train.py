@@ -12,8 +12,8 @@ from train_helpers import CIFAR_MEAN, CIFAR_STD, ROOT, load_tool, write_cifar_co
 
 from acosp.inject import soft_masks
 from acosp.masks import num_kept_channels
-from util.checkpoint import CheckpointError, model_from_checkpoint
-from util.training import TrainingError
+from semseg.training.checkpoint import CheckpointError, model_from_checkpoint
+from semseg.training.epoch import TrainingError
 
 train_tool = load_tool("train")
 
@@ -218,8 +218,8 @@ def test_cifar10_test_script_scores_the_test_batch(tmp_path):
     rows = (tmp_path / "exp" / "result" / "test" / "metrics.csv").read_text().splitlines()
     assert rows[0] == "name,Acc" and rows[1].startswith("airplane,") and rows[-1].startswith("accuracy,")
     model = model_from_checkpoint(tmp_path / "exp" / "model" / "final.pth")
-    from util.dataset import Cifar10
-    from util.transform import cifar_transforms
+    from semseg.data.dataset import Cifar10
+    from semseg.data.transform import cifar_transforms
 
     cfg = type("Cfg", (), {"mean": CIFAR_MEAN, "std": CIFAR_STD})
     images, labels = zip(*Cifar10(tmp_path / "cifar", train=False, transform=cifar_transforms(cfg, False)))
@@ -232,7 +232,7 @@ def test_weight_starts_a_run_from_a_pruned_checkpoint_with_its_masks_folded(tmp_
     config = write_config(tmp_path, epochs=2, ending_epoch=1)
     assert train(config) == 0
     final = torch.load(tmp_path / "exp" / "model" / "final.pth", weights_only=True)["state_dict"]
-    from model import build_model
+    from semseg.models import build_model
 
     dense = build_model({"arch": "segnet", "classes": 3, "width": 0.125})
     train_tool.initial_weights(dense, tmp_path / "exp" / "model" / "final.pth", None)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from util import transform as T
+from semseg.data import transform as T
 
 CLASSES, IGNORE = 5, 255
 MEAN = [100.0, 110.0, 120.0]

@@ -22,18 +22,15 @@ import sys
 import warnings
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-import acosp.compress  # noqa: E402
-from acosp.inject import soft_masks  # noqa: E402
-from model import describe_arch, is_classification  # noqa: E402
-from util.atomic import atomic_path  # noqa: E402
-from util.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint  # noqa: E402
-from util.config import ConfigError, load_config, repo_path  # noqa: E402
-from util.latency import median_latencies  # noqa: E402
+import acosp.compress
+from acosp.inject import soft_masks
+from semseg.atomic import atomic_path
+from semseg.config import ConfigError, load_config, repo_path
+from semseg.models import describe_arch, is_classification
+from semseg.reporting.latency import median_latencies
+from semseg.training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 
 TOOL_KEYS = ("compressed_path", "onnx")
 

@@ -13,9 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from util.prepare_data import prepare_cityscapes, run_and_report  # noqa: E402
+from semseg.data.prepare_data import prepare_cityscapes, run_and_report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,17 +19,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from util.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint  # noqa: E402
-from util.config import ConfigError, build_config, load_config, repo_path  # noqa: E402
-from util.dataset import read_image  # noqa: E402
-from util.distributed import choose_device  # noqa: E402
-from util.evaluate import write_png  # noqa: E402
-from util.inference import SlidingWindowPredictor  # noqa: E402
-from util.palette import colorize, overlay, read_colors  # noqa: E402
+from semseg.config import ConfigError, build_config, load_config, repo_path
+from semseg.data.dataset import read_image
+from semseg.data.palette import colorize, overlay, read_colors
+from semseg.evaluation.evaluate import write_png
+from semseg.evaluation.inference import SlidingWindowPredictor
+from semseg.training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from semseg.training.distributed import choose_device
 
 logger = logging.getLogger("demo")
 

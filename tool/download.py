@@ -18,10 +18,9 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from semseg.data.download import SOURCES, DownloadError, check, fetch
 
-from util.download import SOURCES, DownloadError, check, fetch  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def listing(root: Path) -> str:

@@ -1,4 +1,4 @@
-"""Generate the synthetic 'shapes' segmentation dataset (util/shapes.py) in the semseg layout.
+"""Generate the synthetic 'shapes' segmentation dataset (semseg/data/shapes.py) in the semseg layout.
 
     python tool/make_shapes.py                          # data/shapes: 800 train, 100 val, 200 test images
     python tool/make_shapes.py data/shapes_big --train 5000 --seed 3
@@ -15,9 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from util.shapes import DEFAULT_SEED, DEFAULT_SIZES, generate  # noqa: E402
+from semseg.data.shapes import DEFAULT_SEED, DEFAULT_SIZES, generate
 
 
 def main(argv: list[str] | None = None) -> int:

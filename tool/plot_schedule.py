@@ -16,10 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from util.plot import Panel, save_png, text  # noqa: E402
-from util.tensorboard import read_scalars  # noqa: E402
+from semseg.reporting.plot import Panel, save_png, text
+from semseg.training.tensorboard import read_scalars
 
 BLUE, GREEN, RED = (200, 120, 40), (40, 160, 60), (60, 40, 200)  # BGR
 

@@ -16,19 +16,18 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from semseg.config import ConfigError, load_config, repo_path
+from semseg.data.dataset import read_image, read_label
+from semseg.data.palette import colorize, read_colors
+from semseg.evaluation.evaluate import read_entries
+from semseg.evaluation.inference import SlidingWindowPredictor
+from semseg.reporting.plot import labelled_grid, save_png
+from semseg.training.checkpoint import CheckpointError, model_from_checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from util.checkpoint import CheckpointError, model_from_checkpoint  # noqa: E402
-from util.config import ConfigError, load_config, repo_path  # noqa: E402
-from util.dataset import read_image, read_label  # noqa: E402
-from util.evaluate import read_entries  # noqa: E402
-from util.inference import SlidingWindowPredictor  # noqa: E402
-from util.palette import colorize, read_colors  # noqa: E402
-from util.plot import labelled_grid, save_png  # noqa: E402
 
 
 def title(cfg) -> str:

@@ -10,7 +10,8 @@ if [ -z "${PYTHON:-}" ]; then
     if command -v python >/dev/null 2>&1; then PYTHON=python; else PYTHON=python3; fi
 fi
 export PYTHON
-if ! "$PYTHON" -c "import torch, numpy, cv2, PIL, yaml, tensorboardX, tqdm" >/dev/null 2>&1; then
+# semseg must be installed (pip install -e .), not merely found in the current folder: scripts run from tool/.
+if ! "$PYTHON" -c "import os, sys; sys.path[:] = [p for p in sys.path if p not in ('', os.getcwd())]; import torch, numpy, cv2, PIL, yaml, tensorboardX, tqdm, semseg" >/dev/null 2>&1; then
     echo "installing the dependencies: $PYTHON -m pip install -e ."
     "$PYTHON" -m pip install -e .
 fi

@@ -17,12 +17,9 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from model import build_model, describe_arch  # noqa: E402
-from util.config import ConfigError, load_config  # noqa: E402
-from util.run_summary import (  # noqa: E402
+from semseg.config import ConfigError, load_config
+from semseg.models import build_model, describe_arch
+from semseg.reporting.run_summary import (
     RunFiles,
     example_input,
     format_comparison,
@@ -31,6 +28,7 @@ from util.run_summary import (  # noqa: E402
     run_result,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "benchmarks" / "shapes_table.json"
 
 

@@ -29,12 +29,9 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from util.experiment import (  # noqa: E402
+from semseg.reporting.experiment import (
     SECONDS,
     compressed_macs,
     is_finished,
@@ -45,9 +42,11 @@ from util.experiment import (  # noqa: E402
     train_and_test,
     write_table,
 )
-from util.run_summary import format_count, run_result  # noqa: E402
-from util.studies import PRESETS  # noqa: E402
-from util.study import Run, Study, read_records, run_folder, write_summary  # noqa: E402
+from semseg.reporting.run_summary import format_count, run_result
+from semseg.reporting.studies import PRESETS
+from semseg.reporting.study import Run, Study, read_records, run_folder, write_summary
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -21,22 +21,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-
-from model import is_classification  # noqa: E402
-from util.atomic import atomic_path  # noqa: E402
-from util.checkpoint import CheckpointError, model_from_checkpoint  # noqa: E402
-from util.command_line import parse_with_overrides  # noqa: E402
-from util.config import ConfigError, load_config, repo_path  # noqa: E402
-from util.dataset import Cifar10  # noqa: E402
-from util.distributed import all_reduce_sum, close_processes, init_processes, rank_and_world  # noqa: E402
-from util.evaluate import evaluate  # noqa: E402
-from util.palette import read_names  # noqa: E402
-from util.transform import cifar_transforms  # noqa: E402
+from semseg.atomic import atomic_path
+from semseg.command_line import parse_with_overrides
+from semseg.config import ConfigError, load_config, repo_path
+from semseg.data.dataset import Cifar10
+from semseg.data.palette import read_names
+from semseg.data.transform import cifar_transforms
+from semseg.evaluation.evaluate import evaluate
+from semseg.models import is_classification
+from semseg.training.checkpoint import CheckpointError, model_from_checkpoint
+from semseg.training.distributed import all_reduce_sum, close_processes, init_processes, rank_and_world
 
 logger = logging.getLogger("test")
 

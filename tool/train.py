@@ -18,30 +18,27 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
+from torch import nn
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from acosp import SoftTopKPruner  # noqa: E402
-from acosp.compress import shared_mask_groups  # noqa: E402
-from acosp.inject import hard_to_conv, soft_to_hard_k  # noqa: E402
-from model import build_model  # noqa: E402
-from util import checkpoint  # noqa: E402
-from util.command_line import parse_with_overrides  # noqa: E402
-from util.config import load_config, save_config  # noqa: E402
-from util.dataset import build_datasets  # noqa: E402
-from util.distributed import barrier, broadcast_int, close_processes, init_processes, masks_agree  # noqa: E402
-from util.experiment_lock import ExperimentBusy, check_not_replacing, hold  # noqa: E402
-from util.list_files import OverwriteError  # noqa: E402
-from util.metrics import training_metrics  # noqa: E402
-from util.optimizer import build_optimizer, drop_stale_parameters  # noqa: E402
-from util.sampling import make_loader, per_process_batch, seed_epoch  # noqa: E402
-from util.shapes import ensure_dataset  # noqa: E402
-from util.stop_signals import StopRequested, StopSignals  # noqa: E402
-from util.tensorboard import RunLog, pruning_logs, read_palette  # noqa: E402
-from util.training import StepContext, TrainingError, progress_bar, train_epoch, validate  # noqa: E402
+from acosp import SoftTopKPruner
+from acosp.compress import shared_mask_groups
+from acosp.inject import hard_to_conv, soft_to_hard_k
+from semseg.command_line import parse_with_overrides
+from semseg.config import load_config, save_config
+from semseg.data.dataset import build_datasets
+from semseg.data.list_files import OverwriteError
+from semseg.data.sampling import make_loader, per_process_batch, seed_epoch
+from semseg.data.shapes import ensure_dataset
+from semseg.evaluation.metrics import training_metrics
+from semseg.models import build_model
+from semseg.training import checkpoint
+from semseg.training.distributed import barrier, broadcast_int, close_processes, init_processes, masks_agree
+from semseg.training.epoch import StepContext, TrainingError, progress_bar, train_epoch, validate
+from semseg.training.experiment_lock import ExperimentBusy, check_not_replacing, hold
+from semseg.training.optimizer import build_optimizer, drop_stale_parameters
+from semseg.training.stop_signals import StopRequested, StopSignals
+from semseg.training.tensorboard import RunLog, pruning_logs, read_palette
 
 logger = logging.getLogger("train")
 

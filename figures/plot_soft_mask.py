@@ -2,7 +2,7 @@
 
 The threshold x0 and the k channels above it, which the hard mask keeps, are marked.
 
-    python tool/plot_soft_mask.py [--output figures/acosp.png] [--channels 64] [--keep 16]
+    python figures/plot_soft_mask.py [--output figures/acosp.png] [--channels 64] [--keep 16]
 
 Drawn with OpenCV alone, so it needs nothing beyond the repository's dependencies.
 """
@@ -10,17 +10,14 @@ Drawn with OpenCV alone, so it needs nothing beyond the repository's dependencie
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from acosp.masks import normalize_logits, sigmoid_soft_top_k  # noqa: E402
-from util.atomic import atomic_path  # noqa: E402
+from acosp.masks import normalize_logits, sigmoid_soft_top_k
+from semseg.atomic import atomic_path
 
 TEMPERATURES = (1.0, 0.1, 0.01, 0.001)
 COLOURS = ((200, 120, 40), (40, 160, 60), (30, 110, 230), (60, 40, 200))  # BGR

@@ -7,7 +7,7 @@ read-only or shared, and whose own ``train.txt`` or ``val.txt`` must survive). A
 marks it as written here. Labels that are not train ids yet (Cityscapes' labelIds, ADE20K's
 0 = 'other') are converted beside the originals, into files named for the conversion.
 
-Nothing is overwritten that this module did not write (util/list_files.py): an existing list file
+Nothing is overwritten that this module did not write (semseg/data/list_files.py): an existing list file
 without the mark, or an existing converted label that differs from the conversion, stops the run
 with an error that names the file. Every file is written atomically, and the lists only after
 every label is done.
@@ -22,11 +22,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from util import list_files
-from util.atomic import atomic_path
-from util.config import ROOT
-from util.dataset import DatasetError, read_label
-from util.list_files import OverwriteError
+from semseg.data import list_files
+from semseg.atomic import atomic_path
+from semseg.config import ROOT
+from semseg.data.dataset import DatasetError, read_label
+from semseg.data.list_files import OverwriteError
 
 # Cityscapes label id -> train id for the 19 evaluated classes; every other id becomes 255.
 CITYSCAPES_TRAIN_IDS = {

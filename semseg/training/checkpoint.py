@@ -26,7 +26,7 @@ from torch import nn
 
 from acosp.inject import prepare_for_state_dict, unwrap
 from acosp.pruner import SoftTopKPruner
-from util.atomic import atomic_path
+from semseg.atomic import atomic_path
 
 
 class CheckpointError(ValueError):
@@ -132,12 +132,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
     """Delete the temporary files that writes killed midway left in ``folder`` (``.last.pth.XXXXXXXX.pth``).
 
-    Only call this while holding the folder (util.experiment_lock): another run's save in progress
+    Only call this while holding the folder (semseg.training.experiment_lock): another run's save in progress
     looks the same.
     """
     removed = []
     for path in folder.glob(".*"):
-        match = re.fullmatch(r"\.(.+)\.[a-z0-9_]{8}(\.\w+)", path.name)  # util.atomic's naming
+        match = re.fullmatch(r"\.(.+)\.[a-z0-9_]{8}(\.\w+)", path.name)  # semseg.atomic's naming
         if path.is_file() and match and match.group(1).endswith(match.group(2)):
             path.unlink(missing_ok=True)
             removed.append(path)
@@ -195,7 +195,7 @@ def model_from_checkpoint(path: str | Path, cfg: Any = None, map_location: str |
     config's ``arch``, ``layers``, ``classes``... do. Masked checkpoints get their masks back (soft
     or hard, from the saved pruner state or the config's ``sparsity``); compressed ones their widths.
     """
-    from model import build_model, describe_arch
+    from semseg.models import build_model, describe_arch
 
     checkpoint = load_checkpoint(path, map_location)
     state = network_state(checkpoint, path)
@@ -275,7 +275,7 @@ def training_checkpoint(
     interrupted: bool = False,
 ) -> dict[str, Any]:
     """What rebuilding the network and resuming its training need, after ``epoch`` epochs (the layout above)."""
-    from model import describe_arch
+    from semseg.models import describe_arch
 
     return {
         "epoch": epoch,

@@ -17,7 +17,7 @@ from torch import nn
 
 from acosp.inject import named_mask_layers
 from acosp.masks import SigmoidSoftTopK
-from util.palette import colorize, read_colors
+from semseg.data.palette import colorize, read_colors
 
 
 def read_palette(path: str | Path | None, classes: int) -> np.ndarray:

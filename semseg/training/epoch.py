@@ -1,7 +1,7 @@
 """One epoch of training and one pass of validation.
 
-The data (``util.dataset``, ``util.sampling``, ``util.transform``) and the checkpoints
-(``util.checkpoint``) live beside; tool/train.py wires them together.
+The data (``semseg.data.dataset``, ``semseg.data.sampling``, ``semseg.data.transform``) and the checkpoints
+(``semseg.training.checkpoint``) live beside; tool/train.py wires them together.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from model import is_classification
-from util.checkpoint import restore_rng_state
-from util.distributed import Processes, all_reduce_sum, any_rank
-from util.optimizer import learning_rate, set_learning_rate
-from util.stop_signals import StopRequested
+from semseg.models import is_classification
+from semseg.training.checkpoint import restore_rng_state
+from semseg.training.distributed import Processes, all_reduce_sum, any_rank
+from semseg.training.optimizer import learning_rate, set_learning_rate
+from semseg.training.stop_signals import StopRequested
 
 
 class TrainingError(RuntimeError):
@@ -51,7 +51,7 @@ class StepContext:
     max_iterations: int
     writer: Any = None
     log: Callable[[str], None] = print
-    stop: Callable[[], str | None] = lambda: None  # the stop signal received, if any (util.stop_signals)
+    stop: Callable[[], str | None] = lambda: None  # the stop signal received, if any (semseg.training.stop_signals)
 
 
 def _autocast(cfg: Any, device: torch.device):

@@ -27,13 +27,13 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from util.atomic import atomic_path
-from util.config import repo_path
-from util.dataset import DatasetError, ListEntry, config_list_path, read_image, read_label, read_list
-from util.distributed import all_reduce_sum, rank_and_world
-from util.inference import SlidingWindowPredictor
-from util.metrics import SegmentationMetrics, scores, void_as_last_class_areas
-from util.palette import colorize, read_colors, read_names
+from semseg.atomic import atomic_path
+from semseg.config import repo_path
+from semseg.data.dataset import DatasetError, ListEntry, config_list_path, read_image, read_label, read_list
+from semseg.data.palette import colorize, read_colors, read_names
+from semseg.evaluation.inference import SlidingWindowPredictor
+from semseg.evaluation.metrics import SegmentationMetrics, scores, void_as_last_class_areas
+from semseg.training.distributed import all_reduce_sum, rank_and_world
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from util.atomic import atomic_path
+from semseg.atomic import atomic_path
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 BLACK, GREY = (0, 0, 0), (120, 120, 120)
@@ -60,12 +60,6 @@ class Panel:
         if dots:
             for point in points:
                 cv2.circle(self.image, tuple(int(v) for v in point), 4, colour, -1, cv2.LINE_AA)
-
-    def vertical(self, x: float, colour=GREY, label: str | None = None):
-        px, _ = self.pixel(x, self.y_range[0])
-        cv2.line(self.image, (px, self.top), (px, self.bottom), colour, 1, cv2.LINE_AA)
-        if label:
-            text(self.image, label, (px + 5, self.top + 18), 0.45, colour)
 
     def legend(self, entries: Sequence[tuple[str, tuple[int, int, int]]], corner: tuple[int, int]):
         x, y = corner

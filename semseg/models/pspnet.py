@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from acosp.inject import unprunable
-from model.resnet import resnet
+from semseg.models.resnet import resnet
 
 PPM_BINS = (1, 2, 3, 6)
 ZOOM_FACTORS = (1, 2, 4, 8)

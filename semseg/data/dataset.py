@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from model import is_classification
-from util.transform import cifar_transforms, segmentation_transforms
+from semseg.models import is_classification
+from semseg.data.transform import cifar_transforms, segmentation_transforms
 
 SPLITS = ("train", "val", "test")
 CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -90,7 +90,7 @@ def config_list_path(cfg: Any, list_key: str) -> Path:
         raise ValueError(f"{cfg.source}: {list_key} is not set")
     path = cfg.path(list_key)
     if not path.is_file():
-        from util.prepare_data import PREPARE  # prepare_data reads labels with this module
+        from semseg.data.prepare_data import PREPARE  # prepare_data reads labels with this module
 
         hint = ""
         if cfg.dataset in PREPARE:

@@ -78,9 +78,9 @@ def _network_check(name: str) -> Callable[[Path], str]:
     """Build the network the file initialises from it (strict: every key and shape) and run it once."""
 
     def check(path: Path) -> str:
-        from model.pretrained import WeightFileError
-        from model.pspnet import PSPNet
-        from model.segnet import SegNet
+        from semseg.models.pretrained import WeightFileError
+        from semseg.models.pspnet import PSPNet
+        from semseg.models.segnet import SegNet
 
         try:
             if name == "vgg16":
@@ -103,7 +103,7 @@ CIFAR10_IMAGES = (50000, 10000)  # training and test images of the published arc
 
 
 def _cifar10_check(path: Path) -> str:
-    from util.dataset import Cifar10, DatasetError
+    from semseg.data.dataset import Cifar10, DatasetError
 
     try:
         train, test = Cifar10(path, train=True), Cifar10(path, train=False)

@@ -22,10 +22,10 @@ import torch
 
 import acosp.compress
 import acosp.stats
-from util.atomic import atomic_path
-from util.checkpoint import model_from_checkpoint
-from util.config import ROOT, load_config
-from util.run_summary import RunFiles, example_input
+from semseg.atomic import atomic_path
+from semseg.config import ROOT, load_config
+from semseg.reporting.run_summary import RunFiles, example_input
+from semseg.training.checkpoint import model_from_checkpoint
 
 LOG = "run.log"
 SECONDS = "run_seconds.txt"

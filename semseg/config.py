@@ -23,8 +23,8 @@ from typing import Any
 import yaml
 
 from acosp.pruner import SELECTIONS
-from model import ARCHITECTURES, ARCHS
-from util.atomic import atomic_path
+from semseg.atomic import atomic_path
+from semseg.models import ARCHITECTURES, ARCHS
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("DATA", "TRAIN", "Distributed", "TEST")
@@ -244,7 +244,7 @@ def _suggest(key: str) -> str:
     close = difflib.get_close_matches(key, list(SCHEMA) + list(SECTIONS), n=3, cutoff=0.6)
     if close:
         return "; closest known keys: " + ", ".join(close)
-    return "; the known keys and their meaning are in SCHEMA in util/config.py"
+    return "; the known keys and their meaning are in SCHEMA in semseg/config.py"
 
 
 class _Loader(yaml.SafeLoader):

@@ -1,4 +1,4 @@
-"""Network definitions of the research repository; run from the repository root, not installed.
+"""The networks of the publication, one per file.
 
 ``ARCHITECTURES`` is the one table of the networks a config's ``arch`` can name: how to build each,
 the config keys that shape it, and whether it classifies images or labels pixels. ``build_model(cfg)``
@@ -15,9 +15,9 @@ from typing import Any
 
 from torch import nn
 
-from model.cifar_resnet import CifarResNet18
-from model.pspnet import PSPNet
-from model.segnet import SegNet
+from semseg.models.cifar_resnet import CifarResNet18
+from semseg.models.pspnet import PSPNet
+from semseg.models.segnet import SegNet
 
 
 @dataclass(frozen=True)

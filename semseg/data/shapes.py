@@ -23,9 +23,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from util import list_files
-from util.atomic import atomic_path
-from util.list_files import OverwriteError
+from semseg.data import list_files
+from semseg.atomic import atomic_path
+from semseg.data.list_files import OverwriteError
 
 # A folder that is not a shapes dataset stops generate() before it changes anything there.
 WAY_OUT = "Generate the shapes dataset into a folder of its own (tool/make_shapes.py FOLDER, data_root)"

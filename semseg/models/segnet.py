@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from acosp.inject import unprunable
-from model.pretrained import load_weight_file, read_state_dict
+from semseg.models.pretrained import load_weight_file, read_state_dict
 
 logger = logging.getLogger(__name__)
 

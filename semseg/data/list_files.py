@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from util.atomic import atomic_path
+from semseg.atomic import atomic_path
 
 MARK = "# list file written by tool/"
 

@@ -1,7 +1,7 @@
 """Write the experiment configs in config/ from the publication's recipes, so they cannot drift apart.
 
-    python tool/make_configs.py           # (re)write config/<dataset>/<dataset>_<network>[_<sparsity>].yaml
-    python tool/make_configs.py --check   # exit 1 if a shipped config differs from what this writes
+    python config/make_configs.py           # (re)write config/<dataset>/<dataset>_<network>[_<sparsity>].yaml
+    python config/make_configs.py --check   # exit 1 if a shipped config differs from what this writes
 
 Each recipe is written dense (no suffix, sparsity 0) and at every sparsity in SPARSITIES. Change a
 recipe here and rerun, rather than editing the YAML files by hand.
@@ -13,13 +13,11 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from util.atomic import atomic_path  # noqa: E402
-from util.config import ROOT, build_config, to_yaml  # noqa: E402
+from semseg.atomic import atomic_path
+from semseg.config import ROOT, build_config, to_yaml
 
 SPARSITIES = (0.5, 0.75, 0.875, 0.9375)
-HEADER = "# Written by tool/make_configs.py from its recipe: change the recipe there and rerun it.\n"
+HEADER = "# Written by config/make_configs.py from its recipe: change the recipe there and rerun it.\n"
 
 COMMON = dict(
     base_lr=0.01,
@@ -185,7 +183,7 @@ RECIPES = {
         manual_seed=1,
         evaluate=True,
     ),
-    # The built-in default: a quarter-width SegNet on 64x64 synthetic images (util/shapes.py), sized so
+    # The built-in default: a quarter-width SegNet on 64x64 synthetic images (semseg/data/shapes.py), sized so
     # that training and testing take a few minutes on two CPU cores. Three blocks, not five: the fifth
     # pooling would leave a 2x2 map at 64x64, and through it that SegNet learns little more than background.
     ("shapes", "segnet"): dict(
@@ -251,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             temporary.write_text(text, encoding="utf-8")
         print(f"wrote {path.relative_to(ROOT)}")
     if stale:
-        print("out of date (run python tool/make_configs.py):", *stale, sep="\n  ", file=sys.stderr)
+        print("out of date (run python config/make_configs.py):", *stale, sep="\n  ", file=sys.stderr)
         return 1
     return 0
 

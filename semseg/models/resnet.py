@@ -12,7 +12,7 @@ from pathlib import Path
 
 from torch import nn
 
-from model.pretrained import load_weight_file
+from semseg.models.pretrained import load_weight_file
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from util.experiment import run_config
-from util.study import Cell, Study, matched_width, parameter_count
+from semseg.reporting.experiment import run_config
+from semseg.reporting.study import Cell, Study, matched_width, parameter_count
 
 CPU_RECIPE = "segnet_cpu_study"
 

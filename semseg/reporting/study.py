@@ -3,7 +3,7 @@
 ``tool/study.py`` runs one. Each cell of the grid is one method at one setting (``acosp_0.875``,
 ``l1_0.875``, ...) run once per seed; each run gets its own experiment folder,
 ``<folder>/<cell>/seed<seed>/``, and is the command a user would type, ``sh tool/train.sh DATASET
-EXPERIMENT`` with the cell's overrides (util/experiment.py). A finished run leaves a ``result.json``
+EXPERIMENT`` with the cell's overrides (semseg/reporting/experiment.py). A finished run leaves a ``result.json``
 there and a row in the study's results file, so a rerun skips it even where its folder is gone.
 The summary gives each cell's mean, sample standard deviation and count over its finished seeds.
 """
@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from util.atomic import atomic_path
-from util.config import ROOT
-from util.experiment import config_path, run_config
+from semseg.atomic import atomic_path
+from semseg.config import ROOT
+from semseg.reporting.experiment import config_path, run_config
 
 SCORES = ("mIoU", "mAcc", "allAcc", "void_mIoU", "void_mAcc")
 SUMMARISED = (*SCORES, "parameters", "macs", "seconds")  # averaged per cell
@@ -142,8 +142,8 @@ def parameter_count(cfg: Any) -> int:
     Only each layer's k matters, not which channels stay, so random masks give the trained run's count.
     """
     from acosp import SoftTopKPruner
-    from model import build_model
-    from util.run_summary import example_input, network_size
+    from semseg.models import build_model
+    from semseg.reporting.run_summary import example_input, network_size
 
     torch.manual_seed(0)
     model = build_model(cfg)

@@ -17,8 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
-from util import transform
-from util.distributed import Processes
+from semseg.data import transform
+from semseg.training.distributed import Processes
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from model import is_classification
+from semseg.models import is_classification
 
 ABSENT = ("exclude", "zero")
 """What a class absent from both prediction and ground truth scores: NaN, left out of the means

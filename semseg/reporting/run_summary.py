@@ -20,9 +20,9 @@ from torch import nn
 import acosp.stats
 from acosp.compress import model_statistics
 from acosp.inject import is_prunable
-from util.checkpoint import model_from_checkpoint
-from util.config import repo_path
-from util.evaluate import VOID_AS_LAST_CLASS_CSV, result_folder
+from semseg.config import repo_path
+from semseg.evaluation.evaluate import VOID_AS_LAST_CLASS_CSV, result_folder
+from semseg.training.checkpoint import model_from_checkpoint
 
 
 @dataclass

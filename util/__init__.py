@@ -1,1 +1,0 @@
-"""Helpers shared by the scripts in ``tool/``; run from the repository root, not installed."""
