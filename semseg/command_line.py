@@ -1,4 +1,4 @@
-"""The tools' command lines: ``--config FILE [--device D] key value ...``, with the options anywhere.
+"""The tools' command lines: ``--config FILE [--device D] key value ...``, with the options anywhere; their logs.
 
 argparse hands everything after the first override to the overrides, so ``key value --device cpu``
 would make ``--device`` a config key. ``parse_with_overrides`` takes such options back.
@@ -7,6 +7,10 @@ would make ``--device`` a config key. ``parse_with_overrides`` takes such option
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
+import time
+from pathlib import Path
 
 
 def parse_with_overrides(parser: argparse.ArgumentParser, argv=None, overrides: str = "opts") -> argparse.Namespace:
@@ -35,3 +39,23 @@ def parse_with_overrides(parser: argparse.ArgumentParser, argv=None, overrides: 
         i += 1 if attached else 2
     setattr(args, overrides, rest)
     return args
+
+
+def setup_logging(folder: Path, name: str, rank: int = 0) -> Path | None:
+    """Log to the terminal and, on rank 0, to ``folder/<name>-<time>.log`` too (returned); other ranks
+    log warnings only, prefixed with their rank."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    log_path = None
+    if rank == 0:
+        log_path = folder / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        folder.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_path, encoding="utf-8"))
+    prefix = f"[rank {rank}] " if rank else ""
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s %(levelname)s {prefix}%(message)s",
+        datefmt="%H:%M:%S",
+        handlers=handlers,
+        force=True,
+    )
+    return log_path

@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader
 from semseg.config import ROOT, build_config, load_config
 from semseg.data import dataset
 from semseg.data import transform as T
-from semseg.data.dataset import Cifar10, DatasetError, ListEntry, SemData, read_cifar10_batch, read_list
+from semseg.data.dataset import Cifar10, ListEntry, SemData, read_cifar10_batch, read_list
+from semseg.data.images import DatasetError
 from semseg.data.transform import segmentation_transforms
 from semseg.evaluation.evaluate import read_entries
 

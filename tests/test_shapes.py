@@ -10,7 +10,8 @@ import pytest
 from train_helpers import ROOT
 
 from semseg.config import load_config
-from semseg.data.dataset import SemData, read_label
+from semseg.data.dataset import SemData
+from semseg.data.images import read_label
 from semseg.data.list_files import OverwriteError
 from semseg.data.palette import read_colors, read_names
 from semseg.data.shapes import CLASSES, COLORS, IGNORE, ensure_dataset, generate, sample

@@ -28,8 +28,9 @@ import acosp.compress
 from acosp.inject import soft_masks
 from semseg.atomic import atomic_path
 from semseg.config import ConfigError, load_config, repo_path
-from semseg.models import describe_arch, is_classification
+from semseg.models import describe_arch
 from semseg.reporting.latency import median_latencies
+from semseg.reporting.run_summary import example_input
 from semseg.training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 
 TOOL_KEYS = ("compressed_path", "onnx")
@@ -59,13 +60,6 @@ def split_tool_keys(opts: list[str]) -> tuple[dict[str, str], list[str]]:
         else:
             rest += [key, value]
     return own, rest
-
-
-def example_input(cfg) -> torch.Tensor:
-    """One random image at the size the network is evaluated at."""
-    if is_classification(cfg):
-        return torch.randn(1, 3, 32, 32)
-    return torch.randn(1, 3, cfg.test_h, cfg.test_w)
 
 
 def export_onnx(model: torch.nn.Module, x: torch.Tensor, path: Path) -> float | None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from semseg.config import ConfigError, build_config, load_config, repo_path
-from semseg.data.dataset import read_image
+from semseg.data.images import read_image
 from semseg.data.palette import colorize, overlay, read_colors
 from semseg.evaluation.evaluate import write_png
 from semseg.evaluation.inference import SlidingWindowPredictor

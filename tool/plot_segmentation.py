@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from semseg.config import ConfigError, load_config, repo_path
-from semseg.data.dataset import read_image, read_label
+from semseg.data.images import read_image, read_label
 from semseg.data.palette import colorize, read_colors
 from semseg.evaluation.evaluate import read_entries
 from semseg.evaluation.inference import SlidingWindowPredictor

@@ -22,7 +22,7 @@ from semseg.models import build_model, describe_arch
 from semseg.reporting.run_summary import (
     RunFiles,
     example_input,
-    format_comparison,
+    format_run_comparison,
     network_size,
     read_metrics,
     run_result,
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     events = files.events()
     print(f"  tensorboard  {_relative(files.folder)}/ ({len(events)} event file(s)): tensorboard --logdir {logdir}")
     print()
-    print(format_comparison([("dense", dense), (f"ACoSP, sparsity {cfg.sparsity:g}", result)]))
+    print(format_run_comparison([("dense", dense), (f"ACoSP, sparsity {cfg.sparsity:g}", result)]))
     print(f"({source})")
     return 0
 

@@ -17,7 +17,6 @@ import argparse
 import csv
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from semseg.atomic import atomic_path
-from semseg.command_line import parse_with_overrides
+from semseg.command_line import parse_with_overrides, setup_logging
 from semseg.config import ConfigError, load_config, repo_path
 from semseg.data.dataset import Cifar10
 from semseg.data.palette import read_names
@@ -37,25 +36,6 @@ from semseg.training.checkpoint import CheckpointError, model_from_checkpoint
 from semseg.training.distributed import all_reduce_sum, close_processes, init_processes, rank_and_world
 
 logger = logging.getLogger("test")
-
-
-def setup_logging(folder: Path, rank: int) -> Path | None:
-    """Log to the terminal, and on rank 0 also to ``folder/test-<time>.log``."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
-    log_path = None
-    if rank == 0:
-        log_path = folder / f"test-{time.strftime('%Y%m%d-%H%M%S')}.log"
-        folder.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_path, encoding="utf-8"))
-    prefix = f"[rank {rank}] " if rank else ""
-    logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
-        format=f"%(asctime)s %(levelname)s {prefix}%(message)s",
-        datefmt="%H:%M:%S",
-        handlers=handlers,
-        force=True,
-    )
-    return log_path
 
 
 @torch.no_grad()
@@ -115,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and world == 1 and cfg.test_gpu:
         device = torch.device("cuda", cfg.test_gpu[0])  # one process: the config's GPU
     try:
-        log_path = setup_logging(repo_path(cfg.save_folder), rank)
+        log_path = setup_logging(repo_path(cfg.save_folder), "test", rank)
         logger.info("config %s, device %s, %d process(es); log %s", cfg.source, device, world, log_path)
         model = None
         if not cfg.has_prediction:

@@ -15,7 +15,6 @@ import math
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 import torch
@@ -24,7 +23,7 @@ from torch import nn
 from acosp import SoftTopKPruner
 from acosp.compress import shared_mask_groups
 from acosp.inject import hard_to_conv, soft_to_hard_k
-from semseg.command_line import parse_with_overrides
+from semseg.command_line import parse_with_overrides, setup_logging
 from semseg.config import load_config, save_config
 from semseg.data.dataset import build_datasets
 from semseg.data.list_files import OverwriteError
@@ -53,15 +52,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides as 'key value' pairs")
     return parse_with_overrides(parser, argv)
-
-
-def setup_logging(log_file: Path | None) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
-    if log_file is not None:
-        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
-    logging.basicConfig(
-        level=logging.INFO, format="[%(asctime)s %(levelname)s] %(message)s", handlers=handlers, force=True
-    )
 
 
 # Config keys and the pruner settings they become (make_pruner); a resumed checkpoint must agree on them.
@@ -173,9 +163,7 @@ def run(cfg, processes, removed: list) -> int:
     device = processes.device
     model_dir = cfg.path("save_path")
     exp_dir = model_dir.parent
-    setup_logging(model_dir / f"train-{time.strftime('%Y%m%d-%H%M%S')}.log" if processes.is_main else None)
-    if not processes.is_main:
-        logging.getLogger().setLevel(logging.WARNING)
+    setup_logging(model_dir, "train", processes.rank)
     logger.info("config %s, %d process(es) on %s", cfg.source, processes.world_size, device)
     if removed:
         logger.info("removed %d temporary file(s) that an interrupted save left in %s", len(removed), model_dir)

@@ -103,7 +103,8 @@ CIFAR10_IMAGES = (50000, 10000)  # training and test images of the published arc
 
 
 def _cifar10_check(path: Path) -> str:
-    from semseg.data.dataset import Cifar10, DatasetError
+    from semseg.data.dataset import Cifar10
+    from semseg.data.images import DatasetError
 
     try:
         train, test = Cifar10(path, train=True), Cifar10(path, train=False)

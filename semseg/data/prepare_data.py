@@ -25,7 +25,7 @@ import numpy as np
 from semseg.data import list_files
 from semseg.atomic import atomic_path
 from semseg.config import ROOT
-from semseg.data.dataset import DatasetError, read_label
+from semseg.data.images import DatasetError, read_label
 from semseg.data.list_files import OverwriteError
 
 # Cityscapes label id -> train id for the 19 evaluated classes; every other id becomes 255.
@@ -77,7 +77,7 @@ WAY_OUT = (
 )
 
 
-def write_lists(dataset: str, folder: str | Path | None, lists: dict[str, list[tuple[str, str]]]) -> dict[Path, int]:
+def write_dataset_lists(dataset: str, folder: str | Path | None, lists: dict[str, list[tuple[str, str]]]) -> dict[Path, int]:
     """Write each ``name: [(image, label), ...]`` to ``folder/name`` (default: the dataset's), checking all first."""
     folder = Path(folder) if folder else default_lists_folder(dataset)
     return list_files.write_lists("make_lists", {folder / name: rows for name, rows in lists.items()}, WAY_OUT)
@@ -112,7 +112,7 @@ def prepare_cityscapes(
             convert_label(label, target, CITYSCAPES_TABLE)
             pairs.append((image.relative_to(root).as_posix(), target.relative_to(root).as_posix()))
         pairs_of[f"fine_{split}.txt"] = pairs
-    return write_lists("cityscapes", lists, pairs_of)
+    return write_dataset_lists("cityscapes", lists, pairs_of)
 
 
 def prepare_ade20k(root: str | Path, lists: str | Path | None = None) -> dict[Path, int]:
@@ -130,7 +130,7 @@ def prepare_ade20k(root: str | Path, lists: str | Path | None = None) -> dict[Pa
             convert_label(label, target, ADE20K_TABLE)
             pairs.append((image.relative_to(root).as_posix(), target.relative_to(root).as_posix()))
         pairs_of[f"{split}.txt"] = pairs
-    return write_lists("ade20k", lists, pairs_of)
+    return write_dataset_lists("ade20k", lists, pairs_of)
 
 
 def prepare_voc2012(root: str | Path, lists: str | Path | None = None) -> dict[Path, int]:
@@ -151,7 +151,7 @@ def prepare_voc2012(root: str | Path, lists: str | Path | None = None) -> dict[P
             _require_file(label, Path(f"the list {name}"))
             pairs.append((f"JPEGImages/{sample}.jpg", f"SegmentationClassAug/{sample}.png"))
         pairs_of[name] = pairs
-    return write_lists("voc2012", lists, pairs_of)
+    return write_dataset_lists("voc2012", lists, pairs_of)
 
 
 def prepare_camvid(root: str | Path, lists: str | Path | None = None) -> dict[Path, int]:
@@ -174,7 +174,7 @@ def prepare_camvid(root: str | Path, lists: str | Path | None = None) -> dict[Pa
             _require_file(label, image)
             pairs.append((f"{split}/{image.name}", f"{split}annot/{image.name}"))
         pairs_of[f"{split}.txt"] = pairs
-    return write_lists("camvid", lists, pairs_of)
+    return write_dataset_lists("camvid", lists, pairs_of)
 
 
 PREPARE = {

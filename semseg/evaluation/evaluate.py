@@ -29,7 +29,8 @@ from tqdm import tqdm
 
 from semseg.atomic import atomic_path
 from semseg.config import repo_path
-from semseg.data.dataset import DatasetError, ListEntry, config_list_path, read_image, read_label, read_list
+from semseg.data.dataset import ListEntry, config_list_path, read_list
+from semseg.data.images import DatasetError, read_image, read_label
 from semseg.data.palette import colorize, read_colors, read_names
 from semseg.evaluation.inference import SlidingWindowPredictor
 from semseg.evaluation.metrics import SegmentationMetrics, scores, void_as_last_class_areas

@@ -22,6 +22,7 @@ from acosp.compress import model_statistics
 from acosp.inject import is_prunable
 from semseg.config import repo_path
 from semseg.evaluation.evaluate import VOID_AS_LAST_CLASS_CSV, result_folder
+from semseg.models import is_classification
 from semseg.training.checkpoint import model_from_checkpoint
 
 
@@ -77,10 +78,13 @@ def network_size(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
 
 
 def example_input(cfg: Any) -> torch.Tensor:
-    """A seeded random image at the test crop size. Not zeros: a constant image gives pooling layers
-    exact ties, which the compressed network may break elsewhere (MaxUnpool then differs)."""
+    """A seeded random image at the size the network is evaluated at (the test crop; 32x32 for CIFAR).
+
+    Not zeros: a constant image gives pooling layers exact ties, which the compressed network may
+    break elsewhere (MaxUnpool then differs)."""
     generator = torch.Generator().manual_seed(0)
-    return torch.randn(1, 3, cfg.test_h, cfg.test_w, generator=generator)
+    height, width = (32, 32) if is_classification(cfg) else (cfg.test_h, cfg.test_w)
+    return torch.randn(1, 3, height, width, generator=generator)
 
 
 def run_result(cfg: Any) -> dict[str, Any]:
@@ -111,7 +115,7 @@ def format_count(value: int | None) -> str:
     return "n/a" if value is None else f"{value:,}"
 
 
-def format_comparison(rows: list[tuple[str, dict[str, Any]]]) -> str:
+def format_run_comparison(rows: list[tuple[str, dict[str, Any]]]) -> str:
     """A plain-text table of (name, result) rows: mIoU, mAcc, parameters and kept channels."""
     width = max(len("network"), *(len(name) for name, _ in rows))
     lines = [f"{'network':<{width}}  {'mIoU':>7}  {'mAcc':>7}  {'parameters':>11}  kept channels"]
