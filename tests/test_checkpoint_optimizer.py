@@ -30,6 +30,7 @@ def _train_step(model, optimizer):
     optimizer.step()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["dense", "soft", "hard"])
 def test_checkpoint_rebuilds_its_network_from_arch(tmp_path, stage):
     model = build_model(SMALL_SEGNET)

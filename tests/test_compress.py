@@ -395,6 +395,7 @@ def test_unpooled_constants_cost_at_most_one_channel():
     assert compressed.dec1[0].in_channels == compressed.enc1[1][0].out_width
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # from inside torch.onnx
 def test_onnx_export_of_a_compressed_network_matches(tmp_path):
     pytest.importorskip("onnxscript")

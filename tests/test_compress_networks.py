@@ -36,6 +36,7 @@ def pruned(arch, sparsity, seed=0):
     return pruner.on_pruning_end(pruner.configure_model(model)).eval(), pruner
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sparsity", SPARSITIES)
 @pytest.mark.parametrize("network", sorted(NETWORKS))
 def test_network_compresses_exactly(network, sparsity):
@@ -53,6 +54,7 @@ def test_network_compresses_exactly(network, sparsity):
     assert kept / total < 1 - sparsity + 0.02
 
 
+@pytest.mark.slow
 def test_pspnet_compressed_at_the_paper_sparsity_matches_on_new_inputs_and_shrinks():
     arch, size = NETWORKS["pspnet50"]
     model, _ = pruned(arch, 0.75)
@@ -86,6 +88,7 @@ def test_compressed_checkpoint_loads_with_weights_only_from_its_arch(tmp_path):
     assert sum(p.numel() for p in restored.parameters()) == sum(p.numel() for p in compressed.parameters())
 
 
+@pytest.mark.slow
 def test_compress_tool_writes_a_checkpoint_that_loads(tmp_path):
     arch = {"arch": "segnet", "classes": 3, "width": 0.125}
     model, pruner = pruned(arch, 0.75)
@@ -111,6 +114,7 @@ def test_compress_tool_writes_a_checkpoint_that_loads(tmp_path):
     assert checkpoint.stat().st_size > 4 * written.stat().st_size
 
 
+@pytest.mark.slow
 def test_compress_tool_refuses_soft_masks(tmp_path):
     arch = {"arch": "segnet", "classes": 3, "width": 0.125}
     torch.manual_seed(0)
@@ -128,6 +132,7 @@ def test_compress_tool_refuses_soft_masks(tmp_path):
     assert result.returncode == 2 and "soft masks" in result.stderr and "ending_epoch" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("masks", ["independent", "coupled"])
 def test_speed_benchmark_runs_quickly(masks):
     command = [sys.executable, "benchmarks/compress_speed.py", "--quick", "--networks", "SegNet"]

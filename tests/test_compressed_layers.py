@@ -50,6 +50,7 @@ def exact_type_macs(network: nn.Module, x: torch.Tensor) -> dict[str, int]:
     return counted
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("coupled", [False, True], ids=["independent", "coupled"])
 @pytest.mark.parametrize("network", ["pspnet50", "segnet"])
 def test_compressed_networks_hold_only_standard_layers_that_counters_count_alike(network, coupled):
@@ -69,6 +70,7 @@ def test_compressed_networks_hold_only_standard_layers_that_counters_count_alike
         assert theirs[inner] == row["macs"], name
 
 
+@pytest.mark.slow
 def test_torch_pruning_counts_compressed_convs_as_acosp_does():
     torch_pruning = pytest.importorskip("torch_pruning")
     arch, size = NETWORKS["pspnet50"]
@@ -86,6 +88,7 @@ def test_torch_pruning_counts_compressed_convs_as_acosp_does():
         assert per_layer[conv] == macs + bias_adds, name
 
 
+@pytest.mark.slow
 def test_compressed_networks_run_channels_last_on_the_cpu_and_rebuild_so():
     arch, size = NETWORKS["segnet"]
     model, _ = pruned(arch, 0.875)
@@ -141,6 +144,7 @@ def test_a_forward_that_needs_contiguous_tensors_keeps_contiguous_format_with_a_
         compress(model, x, channels_last=True)
 
 
+@pytest.mark.slow
 def test_border_terms_follow_the_input_size_dtype_and_loaded_values():
     arch, size = NETWORKS["pspnet50"]
     model, _ = pruned(arch, 0.75)
@@ -215,6 +219,7 @@ def test_the_wider_tensor_is_one_concatenation_of_few_runs_and_an_indexed_copy_o
         assert y.is_contiguous(memory_format=memory_format)
 
 
+@pytest.mark.slow
 def test_segnet_with_coupled_masks_concatenates_its_one_unpooled_constant_channel_per_pair():
     """Each encoder/decoder pair keeps one pruned channel (what unpooling needs): a constant concatenated in."""
     arch, size = NETWORKS["segnet"]

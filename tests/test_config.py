@@ -317,6 +317,7 @@ def test_shipped_recipes_are_the_publications():
     assert (ade.scale_min, ade.scale_max, ade.rotate_min, ade.rotate_max, ade.batch_size) == (0.5, 2.0, -10, 10, 16)
 
 
+@pytest.mark.slow
 def test_shipped_configs_match_their_generator():
     result = subprocess.run(
         [sys.executable, "config/make_configs.py", "--check"], cwd=ROOT, capture_output=True, text=True

@@ -164,6 +164,7 @@ def test_hardening_keeps_a_mask_shared_by_its_group():
     assert isinstance(model.left, MaskedConv) and model.left.mask_layer is model.right.mask_layer
 
 
+@pytest.mark.slow
 def test_coupled_pspnet50_compresses_exactly_with_narrow_streams():
     torch.manual_seed(0)
     model = build_model({"arch": "psp", "layers": 50, "classes": 4})

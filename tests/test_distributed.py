@@ -47,6 +47,7 @@ def _worker(rank, folder, wrap_first):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("wrap_first", [False, True], ids=["configure-then-wrap", "wrap-then-configure"])
 def test_ddp_two_processes_through_hard_conversion(tmp_path, wrap_first):
     mp.spawn(_worker, args=(str(tmp_path), wrap_first), nprocs=WORLD_SIZE, join=True)

@@ -37,6 +37,7 @@ def files_under(folder):
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
 
+@pytest.mark.slow
 def test_a_download_with_the_published_hash_lands_whole_and_fits_segnet(tmp_path, vgg16_file):
     path, digest = vgg16_file
     message = fetch(vgg16_source(digest[:8]), tmp_path, path.as_uri(), progress=False)
@@ -95,6 +96,7 @@ def test_an_interrupted_transfer_leaves_nothing_partial(tmp_path, vgg16_file):
     assert files_under(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_check_names_the_file_and_what_does_not_fit(tmp_path, vgg16_file):
     path, _ = vgg16_file
     truncated = tmp_path / "truncated.pth"
@@ -110,6 +112,7 @@ def test_check_names_the_file_and_what_does_not_fit(tmp_path, vgg16_file):
     assert files_under(tmp_path) == ["resnet.pth", "truncated.pth"]  # nothing written
 
 
+@pytest.mark.slow
 def test_the_command_lists_fetches_and_checks_and_says_where_semsegs_file_is(tmp_path, vgg16_file, monkeypatch, capsys):
     path, digest = vgg16_file
     root = ["--root", str(tmp_path), "--quiet"]

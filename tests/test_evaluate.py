@@ -248,6 +248,7 @@ def _repository_copy(experiment: Path, tmp_path: Path, experiments: tuple[str, .
     return tree
 
 
+@pytest.mark.slow
 def test_test_sh_writes_the_results_beside_an_overridden_save_path(experiment, tmp_path):
     tree = _repository_copy(experiment, tmp_path, ("segnet", "other"))
     environment = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "PYTHONPATH": str(tree)}
@@ -258,6 +259,7 @@ def test_test_sh_writes_the_results_beside_an_overridden_save_path(experiment, t
     assert not (tree / "exp" / "tiny" / "segnet" / "result").exists()  # the experiment's own results stay
 
 
+@pytest.mark.slow
 def test_two_processes_through_test_sh_give_the_single_process_results(experiment, tmp_path):
     tree = _repository_copy(experiment, tmp_path)
     environment = {

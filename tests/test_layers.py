@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -26,11 +28,13 @@ def test_import_acosp_and_a_pruned_training_setup_load_only_the_core():
     assert loaded == {"acosp", "acosp.inject", "acosp.mask_bank", "acosp.masks", "acosp.pruner", "acosp.stats"}
 
 
+@pytest.mark.slow
 def test_acosp_compress_is_reached_from_the_package_and_loads_the_compression_layer():
     loaded = _loaded_after("import acosp\nassert callable(acosp.compress.compress)")
     assert {"acosp.compress", "acosp.compression.compressor", "acosp.compression.trace"} <= loaded
 
 
+@pytest.mark.slow
 def test_coupled_masks_load_the_compression_layer_only_when_asked_for():
     loaded = _loaded_after(
         "import torch, acosp\n"

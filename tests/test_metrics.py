@@ -117,6 +117,7 @@ def _reduce_worker(rank, folder):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_reduce_sums_the_counts_of_every_process(tmp_path):
     mp.spawn(_reduce_worker, args=(str(tmp_path),), nprocs=2, join=True)
     single = SegmentationMetrics(5)

@@ -73,6 +73,7 @@ def test_pspnet_eval_output_size_follows_zoom_factor(zoom_factor, size):
     assert logits.shape == (1, 5, size, (57 - 1) // 8 * zoom_factor + 1)
 
 
+@pytest.mark.slow
 def test_pspnet_train_mode_returns_prediction_and_losses_ignoring_the_ignore_label():
     model = PSPNet(layers=50, classes=4, ignore_label=7).train()
     labels = torch.randint(0, 4, (2, 33, 33))
@@ -110,6 +111,7 @@ def test_pspnet101_builds():
     assert 67.0 < sum(p.numel() for p in model.parameters()) / 1e6 < 69.0
 
 
+@pytest.mark.slow
 def test_semseg_checkpoint_with_module_prefix_loads_strictly(tmp_path, pspnet50):
     path = tmp_path / "train_epoch_100.pth"
     torch.save({"epoch": 100, "state_dict": {f"module.{k}": v for k, v in pspnet50.state_dict().items()}}, path)
@@ -118,6 +120,7 @@ def test_semseg_checkpoint_with_module_prefix_loads_strictly(tmp_path, pspnet50)
     assert torch.equal(model.cls[4].weight, pspnet50.cls[4].weight)
 
 
+@pytest.mark.slow
 def test_deep_stem_imagenet_file_initialises_pspnet(tmp_path):
     imagenet = ResNet(50, deep_base=True)
     state = {k: v for k, v in imagenet.state_dict().items() if not k.endswith("num_batches_tracked")}
@@ -130,6 +133,7 @@ def test_deep_stem_imagenet_file_initialises_pspnet(tmp_path):
     assert torch.equal(model.layer4[2].conv3.weight, state["layer4.2.conv3.weight"])
 
 
+@pytest.mark.slow
 def test_torchvision_format_file_initialises_the_standard_stem(tmp_path):
     state = ResNet(50, deep_base=False).state_dict()
     assert state["conv1.weight"].shape == (64, 3, 7, 7)
@@ -140,6 +144,7 @@ def test_torchvision_format_file_initialises_the_standard_stem(tmp_path):
     assert torch.equal(model.layer1[0].downsample[0].weight, state["layer1.0.downsample.0.weight"])
 
 
+@pytest.mark.slow
 def test_weight_file_errors_name_the_file_and_keys(tmp_path):
     missing = tmp_path / "nowhere.pth"
     with pytest.raises(WeightFileError, match="pretrained_weights: .*nowhere.pth does not exist.*weights null"):
@@ -183,6 +188,7 @@ def _torchvision_vgg16(batchnorm: bool) -> dict:
     return state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batchnorm, conv, bn, last_conv", [(True, 17, 18, 40), (False, 12, None, 28)])
 def test_vgg16_file_initialises_the_segnet_encoder(tmp_path, batchnorm, conv, bn, last_conv):
     state = _torchvision_vgg16(batchnorm)
@@ -197,6 +203,7 @@ def test_vgg16_file_initialises_the_segnet_encoder(tmp_path, batchnorm, conv, bn
         assert torch.equal(model.enc3[1][1].running_var, torch.ones(256))
 
 
+@pytest.mark.slow
 def test_vgg16_errors(tmp_path):
     with pytest.raises(WeightFileError, match="vgg.pth does not exist"):
         SegNet(pretrained_weights=tmp_path / "vgg.pth")
@@ -240,6 +247,7 @@ def _classifier_convs(model):
     return [m for m in model.modules() if isinstance(m, nn.Conv2d) and not is_prunable(m)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "arch, images, labels",
     [

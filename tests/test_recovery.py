@@ -51,6 +51,7 @@ def signal_at(monkeypatch, number, epoch, iteration):
     monkeypatch.setattr(training, "learning_rate", learning_rate)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("number, status", [(signal.SIGTERM, EXIT_PREEMPTED), (signal.SIGUSR1, EXIT_PREEMPTED),
                                             (signal.SIGINT, EXIT_INTERRUPTED)])  # fmt: skip
 def test_a_signal_mid_epoch_saves_the_iteration_and_the_resumed_run_equals_the_uninterrupted_one(
@@ -71,6 +72,7 @@ def test_a_signal_mid_epoch_saves_the_iteration_and_the_resumed_run_equals_the_u
     assert same_weights(weights(model_dir / "final.pth"), weights(tmp_path / "whole" / "exp" / "model" / "final.pth"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nproc", ["1", "2"])
 def test_train_sh_passes_sigterm_on_and_exits_75_with_last_pth_saved(tmp_path, nproc):
     config = write_config(tmp_path, epochs=400, ending_epoch=2, evaluate=False, print_freq=1)
@@ -150,6 +152,7 @@ def test_a_loss_that_grows_a_hundredfold_is_warned_about(tmp_path, monkeypatch, 
     assert "the run may be diverging" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_resume_pruned_otherwise_stops_or_follows_the_checkpoint_when_told(tmp_path):
     config = write_config(tmp_path, epochs=3, ending_epoch=2, evaluate=False)
     assert train(config, "epochs", 3, "save_freq", 1) == 0
@@ -167,6 +170,7 @@ def test_a_resume_pruned_otherwise_stops_or_follows_the_checkpoint_when_told(tmp
         train(dense, "resume", "auto", "epochs", 2, "sparsity", 0.5)
 
 
+@pytest.mark.slow
 def test_one_run_per_folder_and_a_finished_run_is_kept_unless_told(tmp_path, capsys):
     config = write_config(tmp_path, epochs=1, ending_epoch=1, evaluate=False)
     model_dir = tmp_path / "exp" / "model"

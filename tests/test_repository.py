@@ -1,5 +1,6 @@
 """The repository's own pieces: atomic writes, the figure script, what ``pip install .`` ships."""
 
+import ast
 import os
 import re
 import stat
@@ -31,6 +32,7 @@ def test_atomic_path_replaces_only_on_success(tmp_path):
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask  # not mkstemp's private 0600
 
 
+@pytest.mark.slow
 def test_plot_soft_mask_writes_a_png(tmp_path):
     output = tmp_path / "mask.png"
     result = subprocess.run(
@@ -45,6 +47,7 @@ def test_plot_soft_mask_writes_a_png(tmp_path):
     assert (image < 250).any()  # something was drawn
 
 
+@pytest.mark.slow
 def test_plot_soft_mask_rejects_impossible_keep(tmp_path):
     result = subprocess.run(
         [sys.executable, "figures/plot_soft_mask.py", "--output", str(tmp_path / "x.png"), "--keep", "64"],
@@ -56,6 +59,7 @@ def test_plot_soft_mask_rejects_impossible_keep(tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.slow
 def test_the_wheel_ships_only_the_library(tmp_path):
     result = subprocess.run(
         [
@@ -88,6 +92,7 @@ def test_the_wheel_ships_only_the_library(tmp_path):
     assert "torchvision" not in names
 
 
+@pytest.mark.slow
 def test_mask_overhead_benchmark_runs():
     result = subprocess.run(
         [sys.executable, "benchmarks/mask_overhead.py", "--steps", "1", "--batch", "2", "--size", "16"],
@@ -102,6 +107,7 @@ def test_mask_overhead_benchmark_runs():
     assert dense_ratios == ["1.000", "1.000"]
 
 
+@pytest.mark.slow
 def test_train_step_overhead_benchmark_runs():
     command = ["benchmarks/train_step_overhead.py", "--pairs", "1", "--sizes", "33", "--networks", "SegNet"]
     result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True)
@@ -124,6 +130,7 @@ def test_quick_start_is_two_commands_and_ci_runs_the_second():
         assert (ROOT / script).is_file()
 
 
+@pytest.mark.slow
 def test_training_memory_estimate_runs_on_the_cpu():
     result = subprocess.run(
         [sys.executable, "benchmarks/training_memory.py", "config/shapes/shapes_segnet_0.75.yaml", "--batch", "1", "4"],
@@ -133,3 +140,17 @@ def test_training_memory_estimate_runs_on_the_cpu():
     )
     assert result.returncode == 0, result.stderr
     assert "activations kept for backward" in result.stdout and "4 image(s) per GPU" in result.stdout
+
+
+def test_the_fast_tier_touches_every_test_module():
+    """``sh tests/run.sh -m "not slow"``, the edit loop, runs at least one test of every module."""
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        fast = [
+            node.name
+            for node in tree.body
+            if isinstance(node, ast.FunctionDef)
+            and node.name.startswith("test_")
+            and not any("mark.slow" in ast.unparse(decorator) for decorator in node.decorator_list)
+        ]
+        assert fast, f"{path.name}: every test is marked slow, so the fast tier skips the module"

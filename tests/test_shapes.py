@@ -126,6 +126,7 @@ def test_make_shapes_writes_the_lists(tmp_path):
     assert "test.txt: 1 images" in result.stdout
 
 
+@pytest.mark.slow
 def test_quick_start_trains_tests_reports_and_feeds_the_figures_and_the_table(tmp_path):
     """sh tool/quickstart.sh with the default config shrunk by overrides (a few images, two epochs);
     then the schedule and segmentation figures and the table script on its run."""
@@ -203,6 +204,7 @@ def test_quick_start_trains_tests_reports_and_feeds_the_figures_and_the_table(tm
     assert 0 < row["macs"] < 0.2e9 and row["crop"] == "64x64"
 
 
+@pytest.mark.slow
 def test_device_agreement_benchmark_compares_two_runs_through_the_hard_conversion(tmp_path):
     data = tmp_path / "shapes"
     generate(data, {"train": 8, "val": 4, "test": 4})
@@ -217,6 +219,7 @@ def test_device_agreement_benchmark_compares_two_runs_through_the_hard_conversio
     assert (tmp_path / "runs" / "cpu" / "model" / "final.pth").exists()
 
 
+@pytest.mark.slow
 def test_sliding_window_benchmark_counts_the_windows_it_runs():
     command = ["benchmarks/sliding_window_speed.py", "--device", "cpu", "--images", "1", "--size", "65x129"]
     command += ["--config", "config/shapes/shapes_segnet.yaml", "base_size", "129", "test_h", "65", "test_w", "65"]

@@ -23,6 +23,7 @@ def test_the_grid_has_every_cell_and_seed_seeds_first():
     assert runs[1].options == ["width", "0.5", "manual_seed", "1", "resume", "auto"]
 
 
+@pytest.mark.slow
 def test_the_camvid_study_compares_acosp_with_four_baselines_at_the_same_k_and_epochs():
     study = camvid_cpu(sparsities=(0.875, 0.9375), seeds=(1, 2, 3))
     names = [cell.name for cell in study.cells]
@@ -57,6 +58,7 @@ def test_the_width_search_finds_the_closest_count_in_few_digits():
     assert matched_width(lambda width: 10, 600) == 1.0
 
 
+@pytest.mark.slow
 def test_the_small_dense_segnet_has_the_compressed_acosp_8_networks_parameters_within_5_percent():
     width, parameters, target = small_dense_width("camvid", "segnet_cpu_study", 0.875)
     assert abs(parameters - target) <= 0.05 * target and 0 < width < 0.25
@@ -97,6 +99,7 @@ def tiny_study(tmp_path, monkeypatch):
     return study, options, tmp_path
 
 
+@pytest.mark.slow
 def test_a_study_runs_summarises_skips_what_is_finished_and_resumes_what_was_interrupted(
     tiny_study, monkeypatch, capsys
 ):

@@ -26,6 +26,7 @@ def masks_of(state):
     return {key: value for key, value in state.items() if key.endswith(".1.mask")}
 
 
+@pytest.mark.slow
 def test_training_prunes_through_the_hard_conversion(tmp_path):
     config = write_config(tmp_path)
     assert train(config) == 0
@@ -68,6 +69,7 @@ def test_tensorboard_has_losses_metrics_pruning_statistics_histograms_and_images
     assert "acosp/logits/enc1.0.0" in scalars and "val/image_truth_prediction" in scalars
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resumed_run_equals_the_uninterrupted_one(tmp_path, workers):
     config = write_config(tmp_path, workers=workers)  # 2: persistent worker processes
@@ -83,6 +85,7 @@ def test_resumed_run_equals_the_uninterrupted_one(tmp_path, workers):
     assert whole["pruner"] == resumed["pruner"]
 
 
+@pytest.mark.slow
 def test_two_runs_of_a_seeded_config_train_the_same_network(tmp_path):
     config = write_config(tmp_path, epochs=1, ending_epoch=1)
     torch.manual_seed(123)  # whatever the global generator holds before: manual_seed decides
@@ -96,6 +99,7 @@ def test_two_runs_of_a_seeded_config_train_the_same_network(tmp_path):
         torch.testing.assert_close(second[key], value, rtol=0, atol=0, msg=key)
 
 
+@pytest.mark.slow
 def test_validation_sees_the_temperature_the_epoch_trained_at(tmp_path, monkeypatch):
     """BatchNorm's running statistics come from the epoch's masks: validating at the next temperature would mix them."""
     seen = {"train": [], "val": []}
@@ -117,6 +121,7 @@ def test_validation_sees_the_temperature_the_epoch_trained_at(tmp_path, monkeypa
     assert len({tuple(epoch) for epoch in seen["train"]}) > 1  # the temperature did fall
 
 
+@pytest.mark.slow
 def test_resume_auto_continues_from_last(tmp_path):
     config = write_config(tmp_path, epochs=1, sparsity=0.0)
     assert train(config) == 0
@@ -171,6 +176,7 @@ def test_pretrained_weights_are_found_relative_to_the_repository_from_any_folder
     assert str(ROOT / "data" / "pretrained" / "nowhere_vgg16.pth") in str(error.value)
 
 
+@pytest.mark.slow
 def test_two_process_ddp_run_keeps_masks_identical(tmp_path):
     config = write_config(tmp_path, epochs=2, ending_epoch=1, evaluate=False)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -228,6 +234,7 @@ def test_cifar10_test_script_scores_the_test_batch(tmp_path):
     assert float(rows[-1].split(",")[1]) == pytest.approx(expected, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_weight_starts_a_run_from_a_pruned_checkpoint_with_its_masks_folded(tmp_path):
     config = write_config(tmp_path, epochs=2, ending_epoch=1)
     assert train(config) == 0
@@ -255,6 +262,7 @@ def test_round_to_rounds_each_layers_kept_channels_up(tmp_path):
         assert mask.sum() == min(mask.numel(), math.ceil(k / 3) * 3), key
 
 
+@pytest.mark.slow
 def test_coupled_masks_keep_the_same_channels_in_segnets_unpooling_pairs(tmp_path):
     config = write_config(tmp_path, epochs=2, ending_epoch=1, coupled_masks=True, evaluate=False)
     assert train(config) == 0
@@ -276,6 +284,7 @@ def test_coupled_masks_keep_the_same_channels_in_segnets_unpooling_pairs(tmp_pat
     assert model_from_checkpoint(model_dir / "final.pth")(torch.randn(1, 3, 32, 32)).shape == (1, 3, 32, 32)
 
 
+@pytest.mark.slow
 def test_l1_selection_trains_dense_until_ending_epoch_then_prunes_by_filter_norm(tmp_path):
     config = write_config(tmp_path, epochs=3, ending_epoch=2, selection="l1", evaluate=False)
     assert train(config) == 0
