@@ -8,9 +8,10 @@ counts parameters and MACs; ``coupled_groups`` finds the convs that can share on
 
 from acosp.compression.channels import UnsupportedOperation
 from acosp.compression.compressor import compress, full_float32_precision, relative_error
-from acosp.compression.coupling import balanced_groups, coupled_groups, mask_constraints, shared_mask_groups
+from acosp.compression.coupling import balanced_groups, coupled_groups, mask_constraints
 from acosp.compression.spec import apply_compression_spec, compression_report, compression_spec
 from acosp.compression.statistics import format_comparison, format_model_statistics, model_statistics
+from acosp.inject import shared_mask_groups
 
 __all__ = [
     "UnsupportedOperation",

@@ -236,6 +236,14 @@ def is_depthwise(conv: nn.Module) -> bool:
     return 1 < conv.groups == conv.in_channels == conv.out_channels
 
 
+def shared_mask_groups(model: nn.Module) -> list[list[str]]:
+    """Names of the masked convs that share one mask layer, one list per shared mask (as configured)."""
+    by_mask: dict[int, list[str]] = {}
+    for name, mask in named_mask_layers(model):
+        by_mask.setdefault(id(mask), []).append(name)
+    return [names for names in by_mask.values() if len(names) > 1]
+
+
 def named_mask_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """``(name of the masked conv, mask layer)`` for every soft or hard mask, without wrapper prefixes."""
     for name, module in unwrap(model).named_modules():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import cv2
@@ -17,6 +18,7 @@ def load_tool(name: str):
     """``tool/<name>.py`` as a module, so tests call its ``main(argv)`` in-process."""
     spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tool" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

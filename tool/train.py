@@ -1,8 +1,8 @@
 """Train a network with ACoSP: python tool/train.py --config FILE [key value ...].
 
-Reads top to bottom: config, processes, data, network, pruner, optimizer, then the epochs. Each
-epoch: the pruner's step (the masks' temperature; hard masks from ending_epoch on), train,
-validate, log, save.
+``run`` reads top to bottom: config, processes, seed, network, data, masks, optimizer, then
+``Training``'s epochs, each one screen: the pruner's step (the masks' temperature; hard masks from
+ending_epoch on), train, validate, log the masks, save.
 Start several processes with torchrun (tool/train.sh does it when NPROC is set).
 """
 
@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import math
 import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from acosp import SoftTopKPruner
-from acosp.compress import shared_mask_groups
-from acosp.inject import hard_to_conv, soft_to_hard_k
+from acosp.inject import hard_to_conv, shared_mask_groups, soft_to_hard_k
 from semseg.command_line import parse_with_overrides, setup_logging
 from semseg.config import load_config, save_config
 from semseg.data.dataset import build_datasets
@@ -37,7 +38,7 @@ from semseg.training.epoch import StepContext, TrainingError, progress_bar, trai
 from semseg.training.experiment_lock import ExperimentBusy, check_not_replacing, hold
 from semseg.training.optimizer import build_optimizer, drop_stale_parameters
 from semseg.training.stop_signals import StopRequested, StopSignals
-from semseg.training.tensorboard import RunLog, pruning_logs, read_palette
+from semseg.training.tensorboard import RunLog, read_palette
 
 logger = logging.getLogger("train")
 
@@ -160,32 +161,58 @@ def main(argv=None) -> int:
 
 
 def run(cfg, processes, removed: list) -> int:
-    device = processes.device
+    """The stages of a run, in the order their random numbers and their checks need."""
     model_dir = cfg.path("save_path")
-    exp_dir = model_dir.parent
     setup_logging(model_dir, "train", processes.rank)
-    logger.info("config %s, %d process(es) on %s", cfg.source, processes.world_size, device)
+    logger.info("config %s, %d process(es) on %s", cfg.source, processes.world_size, processes.device)
     if removed:
         logger.info("removed %d temporary file(s) that an interrupted save left in %s", len(removed), model_dir)
     resume_path = resolve_resume(cfg)
     resumed = checkpoint.load_checkpoint(resume_path) if resume_path is not None else None
-
-    # The seed comes first: the network's initial weights draw from it. Without manual_seed, rank 0
-    # draws one for all, so that the ranks' shards of every epoch still partition the data; a resumed
-    # run takes the one it started with.
-    seed = cfg.manual_seed if cfg.manual_seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
-    if cfg.manual_seed is None and resumed is not None and resumed.get("seed") is not None:
-        seed = int(resumed["seed"])
-    seed = broadcast_int(seed, device)
-    seed_epoch(seed, -1)
-
-    # Everything that can be wrong with the setup fails here, before anything is written.
-    model = build_model(cfg, pretrained_weights=cfg.path("pretrained_weights"))  # relative to the repository
+    seed = choose_seed(cfg, resumed, processes.device)
+    # Everything that can be wrong with the setup fails from here on, before anything is written.
+    model = build_model(cfg, pretrained_weights=cfg.path("pretrained_weights"))  # the seed's first draws
     if processes.is_main:
         checkpoint.check_free_space(model_dir, model)
         ensure_dataset(cfg, logger.info)  # the built-in dataset is generated on first use
     barrier()
     torch.backends.cudnn.benchmark = cfg.manual_seed is None
+    loaders = make_loaders(cfg, processes, seed)
+    model, pruner = masked_network(cfg, model, resumed, resume_path)
+    model = placed(cfg, processes, model)
+    optimizer = build_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler(processes.device.type, enabled=bool(cfg.amp) and processes.device.type == "cuda")
+    start = Start(cfg.start_epoch)
+    if resumed is not None:
+        start = resume_training(resumed, resume_path, optimizer, scaler)
+    if processes.is_main:  # only now, with the setup sound, does the folder change
+        (model_dir.parent / "result").mkdir(parents=True, exist_ok=True)
+        save_config(cfg)
+    return Training(cfg, processes, seed, model, pruner, optimizer, scaler, loaders, start).run()
+
+
+def choose_seed(cfg, resumed: dict | None, device: torch.device) -> int:
+    """The run's seed, set for the network's initial weights.
+
+    Without manual_seed, rank 0 draws one for all, so that the ranks' shards of every epoch still
+    partition the data; a resumed run takes the one it started with.
+    """
+    seed = cfg.manual_seed if cfg.manual_seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+    if cfg.manual_seed is None and resumed is not None and resumed.get("seed") is not None:
+        seed = int(resumed["seed"])
+    seed = broadcast_int(seed, device)
+    seed_epoch(seed, -1)
+    return seed
+
+
+@dataclasses.dataclass
+class Loaders:
+    train: Any
+    sampler: Any
+    val: Any = None
+
+
+def make_loaders(cfg, processes, seed: int) -> Loaders:
     train_set, val_set = build_datasets(cfg)
     batch = per_process_batch(cfg.batch_size, processes, "batch_size")
     train_loader, train_sampler = make_loader(train_set, batch, cfg.workers, processes, True, seed)
@@ -193,17 +220,24 @@ def run(cfg, processes, removed: list) -> int:
         raise TrainingError(
             f"{cfg.train_list or cfg.data_root}: fewer samples ({len(train_set)}) than one batch ({batch})"
         )
-    val_loader = None
+    loaders = Loaders(train_loader, train_sampler)
     if val_set is not None:
         val_batch = per_process_batch(cfg.batch_size_val, processes, "batch_size_val")
-        val_loader, _ = make_loader(val_set, val_batch, cfg.workers, processes, False, seed)
+        loaders.val, _ = make_loader(val_set, val_batch, cfg.workers, processes, False, seed)
+    return loaders
 
+
+def masked_network(cfg, model: nn.Module, resumed: dict | None, resume_path: Path | None):
+    """The network with its starting weights and masks (the checkpoint's, when resumed), and its pruner.
+
+    Masks come before the optimizer: the logits are trained too. Coupled masks are found on one
+    training crop.
+    """
     if cfg.weight:
         initial_weights(model, cfg.weight, cfg)
     pruner = make_pruner(cfg)
     if resumed is not None:
         follow_resumed_pruning(cfg, pruner, resumed.get("pruner"), resume_path)
-    # Before the optimizer: the logits are trained too. Coupled masks are found on one training crop.
     coupled = pruner.coupled_masks and (pruner.active or pruner.finished)
     model = pruner.configure_model(model, torch.zeros(1, 3, cfg.train_h, cfg.train_w) if coupled else None)
     if coupled and pruner.adds_masks:
@@ -211,6 +245,12 @@ def run(cfg, processes, removed: list) -> int:
         logger.info("coupled masks: %d groups share a mask: %s", len(groups), "; ".join(map(" + ".join, groups)))
     if resumed is not None:
         checkpoint.load_network_state(model, checkpoint.network_state(resumed, resume_path), resume_path)
+    return model, pruner
+
+
+def placed(cfg, processes, model: nn.Module) -> nn.Module:
+    """The network on its device (channels-last under AMP), wrapped for several processes."""
+    device = processes.device
     model.to(device)
     if device.type == "cuda" and cfg.amp:
         model = model.to(memory_format=torch.channels_last)  # tensor cores prefer NHWC in float16
@@ -218,129 +258,158 @@ def run(cfg, processes, removed: list) -> int:
         if device.type == "cuda" and cfg.sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = build_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=bool(cfg.amp) and device.type == "cuda")
-    first_epoch, best, skip, rng = cfg.start_epoch, {}, 0, None
-    if resumed is not None:
-        optimizer.load_state_dict(resumed["optimizer"])
-        scaler.load_state_dict(resumed["scaler"])
-        checkpoint.restore_rng_state(resumed.get("rng"))
-        first_epoch, best = int(resumed["epoch"]), dict(resumed.get("best") or {})
-        skip = int(resumed.get("iteration") or 0)  # a run stopped by a signal in the middle of an epoch
-        rng = resumed.get("rng") if skip else None
-        where = f"epoch {first_epoch + 1}, iteration {skip + 1}" if skip else f"after epoch {first_epoch}"
-        logger.info("resumed from %s: continuing at %s", resume_path, where)
-    if processes.is_main:  # only now, with the setup sound, does the folder change
-        (exp_dir / "result").mkdir(parents=True, exist_ok=True)
-        save_config(cfg)
+    return model
 
-    run_log = RunLog(exp_dir if processes.is_main else None)
-    palette = read_palette(cfg.path("colors_path"), cfg.classes)
-    max_iterations = cfg.epochs * len(train_loader)
-    signals = StopSignals()
-    context = StepContext(
-        cfg, processes, optimizer, scaler, max_iterations, run_log, logger.info, stop=lambda: signals.received
-    )
 
-    def state(epoch: int, iteration: int = 0) -> dict:
-        saved = checkpoint.training_checkpoint(cfg, model, optimizer, scaler, pruner, epoch, best, iteration > 0)
-        return {**saved, "iteration": iteration, "seed": seed}
+@dataclasses.dataclass
+class Start:
+    """Where training starts: the first epoch, the best validation so far, and for a run stopped in
+    the middle of an epoch, the iterations to skip and the random state to skip them with."""
 
-    def step_pruning(epoch: int, last: bool = False) -> nn.Module:
+    epoch: int = 0
+    best: dict = dataclasses.field(default_factory=dict)
+    skip: int = 0
+    rng: Any = None
+
+
+def resume_training(resumed: dict, resume_path: Path, optimizer, scaler) -> Start:
+    optimizer.load_state_dict(resumed["optimizer"])
+    scaler.load_state_dict(resumed["scaler"])
+    checkpoint.restore_rng_state(resumed.get("rng"))
+    skip = int(resumed.get("iteration") or 0)  # a run stopped by a signal in the middle of an epoch
+    start = Start(int(resumed["epoch"]), dict(resumed.get("best") or {}), skip, resumed.get("rng") if skip else None)
+    where = f"epoch {start.epoch + 1}, iteration {skip + 1}" if skip else f"after epoch {start.epoch}"
+    logger.info("resumed from %s: continuing at %s", resume_path, where)
+    return start
+
+
+class Training:
+    """The epochs: the pruner's step, training, validation, the logs, the checkpoints."""
+
+    def __init__(self, cfg, processes, seed, model, pruner, optimizer, scaler, loaders: Loaders, start: Start):
+        self.cfg, self.processes, self.seed = cfg, processes, seed
+        self.model, self.pruner, self.optimizer, self.scaler = model, pruner, optimizer, scaler
+        self.loaders, self.start, self.best = loaders, start, start.best
+        self.model_dir = cfg.path("save_path")
+        self.log = RunLog(self.model_dir.parent if processes.is_main else None)
+        self.palette = read_palette(cfg.path("colors_path"), cfg.classes)
+        self.signals = StopSignals()
+        self.first_loss = None
+        max_iterations = cfg.epochs * len(loaders.train)
+        self.context = StepContext(
+            cfg, processes, optimizer, scaler, max_iterations, self.log, logger.info, stop=lambda: self.signals.received
+        )
+
+    def run(self) -> int:
+        cfg, processes = self.cfg, self.processes
+        epoch = self.start.epoch
+        try:
+            with self.signals:
+                epochs = range(self.start.epoch, cfg.epochs)
+                for epoch in progress_bar(epochs, processes, desc="epochs", initial=epochs.start, total=cfg.epochs):
+                    self.prune_step(epoch)  # the masks this epoch trains and validates with
+                    self.train(epoch)
+                    self.validate(epoch)
+                    self.log_masks(epoch)
+                    if epoch + 1 == cfg.epochs:
+                        self.prune_step(cfg.epochs, last=True)  # training may end before pruning does
+                    self.save(epoch + 1)
+                    self.log.flush()
+                    barrier()
+        except StopRequested as stop:
+            if processes.is_main:
+                path = checkpoint.save_checkpoint(self.state(epoch, stop.iteration), self.model_dir / "last.pth")
+                logger.warning(
+                    "%s in epoch %d: saved %s at iteration %d; 'resume auto' continues from there",
+                    stop.signal_name,
+                    epoch + 1,
+                    path,
+                    stop.iteration + 1,
+                )
+            return stop.exit_status
+        except KeyboardInterrupt:
+            logger.warning("stopped at once by a second Ctrl-C: nothing saved; last.pth holds the last finished epoch")
+            return 130
+        finally:
+            self.log.close()
+        final = self.model_dir / "final.pth"
+        if processes.is_main:
+            if not final.is_file():
+                # resumed from a last.pth that had finished every epoch, after a stop before final.pth was written
+                checkpoint.save_checkpoint(self.state(cfg.epochs), final)
+            logger.info("done: %s", final)
+        close_processes()
+        return 0
+
+    def prune_step(self, epoch: int, last: bool = False) -> None:
         """The pruner's step before ``epoch``: anneal, and harden when pruning ends (the logits leave the optimizer)."""
-        pruning = pruner.active
-        stepped = pruner.step(model, epoch, last)
-        if pruning and pruner.finished:
-            dropped = drop_stale_parameters(optimizer, stepped)
+        pruning = self.pruner.active
+        self.model = self.pruner.step(self.model, epoch, last)
+        if pruning and self.pruner.finished:
+            dropped = drop_stale_parameters(self.optimizer, self.model)
             when = "after the last epoch" if last else f"before epoch {epoch + 1}"
             logger.info("%s: masks hardened; the optimizer dropped %d mask logits", when, dropped)
-        return stepped
 
-    epoch, first_loss = first_epoch, None
-    try:
-        with signals:
-            for epoch in progress_bar(
-                range(first_epoch, cfg.epochs), processes, desc="epochs", initial=first_epoch, total=cfg.epochs
-            ):
-                model = step_pruning(epoch)  # the masks this epoch trains and validates with
-                seed_epoch(seed, epoch)
-                train_sampler.set_epoch(epoch)
-                result = train_epoch(
-                    model,
-                    train_loader,
-                    epoch,
-                    context,
-                    training_metrics(cfg, device),
-                    skip if epoch == first_epoch else 0,
-                    rng,
-                )
-                run_log.epoch("train", result.loss, result.metrics, epoch + 1)
-                logger.info(
-                    "epoch %d/%d train loss %.4f %s", epoch + 1, cfg.epochs, result.loss, _summary(result.metrics)
-                )
-                first_loss = result.loss if first_loss is None else first_loss
-                if math.isfinite(first_loss) and result.loss > 100 * max(first_loss, 1e-12):
-                    logger.warning(
-                        "epoch %d: the training loss rose from %.4g to %.4g: the run may be diverging (lower base_lr)",
-                        epoch + 1,
-                        first_loss,
-                        result.loss,
-                    )
-                if val_loader is not None:
-                    val = validate(model, val_loader, cfg, processes, training_metrics(cfg, device))
-                    run_log.epoch("val", val.loss, val.metrics, epoch + 1)
-                    run_log.images(val.samples, palette, cfg.mean, cfg.std, epoch + 1)
-                    logger.info("epoch %d/%d val loss %.4f %s", epoch + 1, cfg.epochs, val.loss, _summary(val.metrics))
-                    best = {"epoch": epoch + 1, **val.metrics} if _better(val.metrics, best) else best
-                if processes.distributed and pruner.adds_masks:
-                    if not masks_agree(model):
-                        raise TrainingError(f"epoch {epoch + 1}: the masks differ between processes")
-                    logger.info("epoch %d: masks agree across %d processes", epoch + 1, processes.world_size)
-                logs = pruning_logs(pruner, model, run_log, epoch + 1)
-                run_log.mask_logits(model, epoch + 1)
-                if logs:
-                    logger.info(
-                        "epoch %d: %d of %d channels kept",
-                        epoch + 1,
-                        logs["acosp/kept_channels"],
-                        logs["acosp/total_channels"],
-                    )
-                last_epoch = epoch + 1 == cfg.epochs
-                if last_epoch:
-                    model = step_pruning(cfg.epochs, last=True)  # training may end before pruning does
-                if processes.is_main:
-                    saved = state(epoch + 1)
-                    if (epoch + 1) % cfg.save_freq == 0 or last_epoch:
-                        checkpoint.save_checkpoint(saved, model_dir / f"train_epoch_{epoch + 1}.pth")
-                        prune_epoch_checkpoints(model_dir, cfg.keep_checkpoints)
-                    if last_epoch:  # before last.pth: a run whose last.pth is finished always has its final.pth
-                        checkpoint.save_checkpoint(saved, model_dir / "final.pth")
-                    checkpoint.save_checkpoint(saved, model_dir / "last.pth")
-                run_log.flush()
-                barrier()
-    except StopRequested as stop:
-        if processes.is_main:
-            path = checkpoint.save_checkpoint(state(epoch, stop.iteration), model_dir / "last.pth")
+    def train(self, epoch: int) -> None:
+        cfg, start = self.cfg, self.start
+        seed_epoch(self.seed, epoch)
+        self.loaders.sampler.set_epoch(epoch)
+        skip = start.skip if epoch == start.epoch else 0
+        metrics = training_metrics(cfg, self.processes.device)
+        result = train_epoch(self.model, self.loaders.train, epoch, self.context, metrics, skip, start.rng)
+        self.log.epoch("train", result.loss, result.metrics, epoch + 1)
+        logger.info("epoch %d/%d train loss %.4f %s", epoch + 1, cfg.epochs, result.loss, _summary(result.metrics))
+        self.first_loss = result.loss if self.first_loss is None else self.first_loss
+        if math.isfinite(self.first_loss) and result.loss > 100 * max(self.first_loss, 1e-12):
             logger.warning(
-                "%s in epoch %d: saved %s at iteration %d; 'resume auto' continues from there",
-                stop.signal_name,
+                "epoch %d: the training loss rose from %.4g to %.4g: the run may be diverging (lower base_lr)",
                 epoch + 1,
-                path,
-                stop.iteration + 1,
+                self.first_loss,
+                result.loss,
             )
-        return stop.exit_status
-    except KeyboardInterrupt:
-        logger.warning("stopped at once by a second Ctrl-C: nothing saved; last.pth holds the last finished epoch")
-        return 130
-    finally:
-        run_log.close()
-    if processes.is_main:
-        if not (model_dir / "final.pth").is_file():
-            # resumed from a last.pth that had finished every epoch, after a stop before final.pth was written
-            checkpoint.save_checkpoint(state(cfg.epochs), model_dir / "final.pth")
-        logger.info("done: %s", model_dir / "final.pth")
-    close_processes()
-    return 0
+
+    def validate(self, epoch: int) -> None:
+        cfg = self.cfg
+        if self.loaders.val is None:
+            return
+        val = validate(self.model, self.loaders.val, cfg, self.processes, training_metrics(cfg, self.processes.device))
+        self.log.epoch("val", val.loss, val.metrics, epoch + 1)
+        self.log.images(val.samples, self.palette, cfg.mean, cfg.std, epoch + 1)
+        logger.info("epoch %d/%d val loss %.4f %s", epoch + 1, cfg.epochs, val.loss, _summary(val.metrics))
+        self.best = {"epoch": epoch + 1, **val.metrics} if _better(val.metrics, self.best) else self.best
+
+    def log_masks(self, epoch: int) -> None:
+        """The masks this epoch trained with: checked alike on every process, logged on the main one."""
+        processes = self.processes
+        if processes.distributed and self.pruner.adds_masks:
+            if not masks_agree(self.model):
+                raise TrainingError(f"epoch {epoch + 1}: the masks differ between processes")
+            logger.info("epoch %d: masks agree across %d processes", epoch + 1, processes.world_size)
+        if self.log.writer is None:
+            return
+        logs = self.pruner.collect_logs(self.log.writer, self.model, epoch + 1)
+        self.log.mask_logits(self.model, epoch + 1)
+        if logs:
+            kept, total = logs["acosp/kept_channels"], logs["acosp/total_channels"]
+            logger.info("epoch %d: %d of %d channels kept", epoch + 1, kept, total)
+
+    def state(self, epoch: int, iteration: int = 0) -> dict:
+        saved = checkpoint.training_checkpoint(
+            self.cfg, self.model, self.optimizer, self.scaler, self.pruner, epoch, self.best, iteration > 0
+        )
+        return {**saved, "iteration": iteration, "seed": self.seed}
+
+    def save(self, epoch: int) -> None:
+        """last.pth every epoch; train_epoch_N.pth every save_freq epochs; final.pth after the last."""
+        if not self.processes.is_main:
+            return
+        saved, last_epoch = self.state(epoch), epoch == self.cfg.epochs
+        if epoch % self.cfg.save_freq == 0 or last_epoch:
+            checkpoint.save_checkpoint(saved, self.model_dir / f"train_epoch_{epoch}.pth")
+            prune_epoch_checkpoints(self.model_dir, self.cfg.keep_checkpoints)
+        if last_epoch:  # before last.pth: a run whose last.pth is finished always has its final.pth
+            checkpoint.save_checkpoint(saved, self.model_dir / "final.pth")
+        checkpoint.save_checkpoint(saved, self.model_dir / "last.pth")
 
 
 def _summary(metrics: dict) -> str:

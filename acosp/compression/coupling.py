@@ -22,7 +22,7 @@ from torch import nn
 
 from acosp.compression.channels import UNPOOLING, ChannelFlow, is_step
 from acosp.compression.trace import Graph, trace
-from acosp.inject import MaskedConv, is_prunable, named_mask_layers, unwrap
+from acosp.inject import MaskedConv, is_prunable, unwrap
 
 
 def coupled_groups(model: nn.Module, example_input: torch.Tensor | tuple) -> list[list[str]]:
@@ -102,11 +102,3 @@ def _traced_flow(model: nn.Module, example_input: torch.Tensor | tuple) -> tuple
     finally:
         network.train(training)
     return graph, ChannelFlow(graph, strict=False)
-
-
-def shared_mask_groups(model: nn.Module) -> list[list[str]]:
-    """Names of the masked convs that share one mask layer, one list per shared mask (as configured)."""
-    by_mask: dict[int, list[str]] = {}
-    for name, mask in named_mask_layers(model):
-        by_mask.setdefault(id(mask), []).append(name)
-    return [names for names in by_mask.values() if len(names) > 1]

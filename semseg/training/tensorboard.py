@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -78,11 +77,6 @@ class RunLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-
-
-def pruning_logs(pruner: Any, model: nn.Module, log: RunLog, epoch: int) -> dict[str, float]:
-    """Every statistic of ``collect_logs`` (temperature, chosen/pruned/undecided, kept channels) at ``epoch``."""
-    return pruner.collect_logs(log.writer, model, epoch) if log.writer is not None else {}
 
 
 def read_scalars(folder: str | Path) -> dict[str, list[tuple[int, float]]]:
