@@ -370,9 +370,33 @@ def _flatten(data: Any, where: str) -> dict[str, Any]:
     return flat
 
 
+def read_config_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The file's checked values over those of the file it names as its ``base`` (relative to it), if any.
+
+    So an experiment's file holds only what makes it special: ``base: cityscapes_pspnet50.yaml`` and
+    ``sparsity: 0.75``; every other value comes from its base, and from the schema's defaults.
+    """
+    path = Path(path)
+    data = read_yaml(path)
+    base = data.pop("base", None) if isinstance(data, dict) else None
+    values = _flatten(data, str(path)) if data or base is None else {}
+    if base is None:
+        return values
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: base must name a config file, got {_describe(base)}")
+    base_path = (path.parent / base).resolve()
+    if base_path in _seen or base_path == path.resolve():
+        chain = " -> ".join(str(p) for p in (*_seen, path.resolve(), base_path))
+        raise ConfigError(f"{path}: its bases form a cycle: {chain}")
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: its base {base} is not a file ({base_path})")
+    return {**read_config_file(base_path, (*_seen, path.resolve())), **values}
+
+
 def load_cfg_from_cfg_file(path: str | Path) -> CfgNode:
-    """The file's values over the schema's defaults, checked for unknown keys and types (not yet validated)."""
-    values = _flatten(read_yaml(path), str(path))
+    """The file's values (over its bases') over the schema's defaults, checked for unknown keys and
+    types (not yet validated)."""
+    values = read_config_file(path)
     defaults = {key: copy.deepcopy(spec.default) for key, spec in SCHEMA.items() if spec.default is not REQUIRED}
     return CfgNode({**defaults, **values}, source=str(path))
 

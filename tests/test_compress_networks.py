@@ -147,7 +147,8 @@ def test_speed_benchmark_runs_quickly(masks):
         assert row[7].endswith("x") and float(row[7].rstrip("x")) > 4  # MAC ratio at sparsity 0.75
         # compressed vs masked (a near-tie in unpooling adds "(... in float64)"); masked vs itself
         error, noise = float(row[13]), float(row[-1].strip("()"))
-        assert 0 <= error < 1e-4 and 0 <= noise < 1e-3
+        # noise: a near-tie in max-pooling that SegNet unpools flips with the summation order now and then
+        assert 0 <= error < 1e-4 and 0 <= noise < 1e-2
 
 
 def test_tool_test_scores_a_compressed_checkpoint_as_the_masked_one(experiment, tmp_path):  # noqa: F811
