@@ -25,19 +25,22 @@ class Architecture:
     """One network a config can name."""
 
     build: Callable[..., nn.Module]
-    # Config keys that shape the network (and so go into a checkpoint's arch), with their defaults.
-    keys: dict[str, Any]
+    # Config keys that shape the network (and so go into a checkpoint's arch).
+    keys: tuple[str, ...]
+    classes: int  # the published network's, for an arch dict without them
     # Images -> one class each (CIFAR-10: accuracy, no ignore label, 32x32 inputs), not per-pixel labels.
     classification: bool = False
     pretrained: bool = True  # takes ImageNet weights through pretrained_weights
 
 
+# The defaults of the keys that shape the networks: the published networks. semseg.config's SCHEMA
+# takes its defaults of these keys from here.
+NETWORK_DEFAULTS = {"layers": 50, "zoom_factor": 8, "deep_base": True, "ignore_label": 255, "width": 1.0, "blocks": 5}
+
 ARCHITECTURES = {
-    "psp": Architecture(
-        PSPNet, {"layers": 50, "classes": 19, "zoom_factor": 8, "deep_base": True, "ignore_label": 255}
-    ),
-    "segnet": Architecture(SegNet, {"classes": 11, "ignore_label": 255, "width": 1.0, "blocks": 5}),
-    "resnet18": Architecture(CifarResNet18, {"classes": 10, "width": 1.0}, classification=True, pretrained=False),
+    "psp": Architecture(PSPNet, ("layers", "classes", "zoom_factor", "deep_base", "ignore_label"), 19),
+    "segnet": Architecture(SegNet, ("classes", "ignore_label", "width", "blocks"), 11),
+    "resnet18": Architecture(CifarResNet18, ("classes", "width"), 10, classification=True, pretrained=False),
 }
 ARCHS = tuple(ARCHITECTURES)
 
@@ -59,8 +62,10 @@ def describe_arch(cfg: Any) -> dict[str, Any]:
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
     description = {"arch": arch}
-    for key, default in ARCHITECTURES[arch].keys.items():
+    architecture = ARCHITECTURES[arch]
+    for key in architecture.keys:
         value = _get(cfg, key)
+        default = architecture.classes if key == "classes" else NETWORK_DEFAULTS[key]
         description[key] = default if value is None else value
     return description
 
