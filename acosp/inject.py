@@ -170,18 +170,24 @@ def inject_soft_masks(
     return _rewrapped_if_changed(model, bool(wrapped))
 
 
+def _prunable_conv(network: nn.Module, name: str, where: str) -> nn.Module:
+    """The prunable conv ``name`` of ``network``; a ValueError that says ``where`` it was named otherwise."""
+    try:
+        conv = network.get_submodule(name)
+    except AttributeError:
+        raise ValueError(f"{where}: the network has no layer '{name}'") from None
+    if not is_prunable(conv):
+        raise ValueError(f"{where}: '{name}' is not a prunable conv ({type(conv).__name__})")
+    return conv
+
+
 def _group_of_conv(network: nn.Module, groups: Iterable[Iterable[str]]) -> dict[int, int]:
     """``id(conv) -> group number``, after checking that each group names prunable convs of one width."""
     group_of: dict[int, int] = {}
     for number, names in enumerate(groups):
         widths = {}
         for name in names:
-            try:
-                conv = network.get_submodule(name)
-            except AttributeError:
-                raise ValueError(f"mask group {number}: the network has no layer '{name}'") from None
-            if not is_prunable(conv):
-                raise ValueError(f"mask group {number}: '{name}' is not a prunable conv ({type(conv).__name__})")
+            conv = _prunable_conv(network, name, f"mask group {number}")
             if id(conv) in group_of and group_of[id(conv)] != number:
                 raise ValueError(f"'{name}' is in mask groups {group_of[id(conv)]} and {number}")
             group_of[id(conv)] = number
@@ -197,12 +203,7 @@ def _channel_groups_of_conv(
     """``id(conv) -> channel groups``; convs that share a mask take the least common multiple of theirs."""
     by_conv: dict[int, int] = {}
     for name, count in channel_groups.items():
-        try:
-            conv = network.get_submodule(name)
-        except AttributeError:
-            raise ValueError(f"channel groups: the network has no layer '{name}'") from None
-        if not is_prunable(conv):
-            raise ValueError(f"channel groups: '{name}' is not a prunable conv ({type(conv).__name__})")
+        conv = _prunable_conv(network, name, "channel groups")
         if int(count) != count or count < 1 or conv.out_channels % count:
             raise ValueError(f"channel groups: '{name}' has {conv.out_channels} channels, not {count} equal groups")
         by_conv[id(conv)] = math.lcm(by_conv.get(id(conv), 1), int(count))

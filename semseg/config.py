@@ -24,7 +24,8 @@ import yaml
 
 from acosp.pruner import SELECTIONS
 from semseg.atomic import atomic_path
-from semseg.models import ARCHITECTURES, ARCHS, NETWORK_DEFAULTS
+from semseg.models import ARCHITECTURES, ARCHS
+from semseg.models import NETWORK_DEFAULTS as NET
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("DATA", "TRAIN", "Distributed", "TEST")
@@ -101,25 +102,10 @@ SCHEMA: dict[str, Key] = {
     **_keys(
         "TRAIN",
         ("arch", str, REQUIRED, "network: psp, segnet or resnet18"),
-        ("layers", int, NETWORK_DEFAULTS["layers"], "ResNet depth of PSPNet: 50, 101 or 152"),
-        (
-            "deep_base",
-            bool,
-            NETWORK_DEFAULTS["deep_base"],
-            "PSPNet's ResNet starts with three 3x3 convs instead of one 7x7",
-        ),
-        (
-            "width",
-            float,
-            NETWORK_DEFAULTS["width"],
-            "channel multiplier of SegNet and ResNet18 in (0, 1]: 1 is the published network",
-        ),
-        (
-            "blocks",
-            int,
-            NETWORK_DEFAULTS["blocks"],
-            "SegNet's encoder blocks (poolings), 1-5: 5 is the published network; fewer: small inputs",
-        ),
+        ("layers", int, NET["layers"], "ResNet depth of PSPNet: 50, 101 or 152"),
+        ("deep_base", bool, NET["deep_base"], "PSPNet's ResNet starts with three 3x3 convs instead of one 7x7"),
+        ("width", float, NET["width"], "channel multiplier of SegNet and ResNet18 in (0, 1]; 1: the published network"),
+        ("blocks", int, NET["blocks"], "SegNet's encoder blocks (poolings), 1-5; 5: published, fewer: small inputs"),
         ("pretrained_weights", str, None, "ImageNet weights of the backbone (a file), or null"),
         ("sync_bn", bool, True, "synchronise BatchNorm statistics across CUDA processes (several, with torchrun)"),
         ("train_h", int, 473, "crop height for training"),
@@ -128,13 +114,8 @@ SCHEMA: dict[str, Key] = {
         ("scale_max", float, 2.0, "largest random scale factor"),
         ("rotate_min", float, -10.0, "smallest random rotation, degrees"),
         ("rotate_max", float, 10.0, "largest random rotation, degrees"),
-        (
-            "zoom_factor",
-            int,
-            NETWORK_DEFAULTS["zoom_factor"],
-            "PSPNet upsamples its 1/8-resolution logits by this factor: 1, 2, 4 or 8",
-        ),
-        ("ignore_label", int, NETWORK_DEFAULTS["ignore_label"], "label value that is not a class and not scored"),
+        ("zoom_factor", int, NET["zoom_factor"], "PSPNet's upsampling of its 1/8-resolution logits: 1, 2, 4 or 8"),
+        ("ignore_label", int, NET["ignore_label"], "label value that is not a class and not scored"),
         ("aux_weight", float, 0.4, "weight of PSPNet's auxiliary loss (0: none)"),
         ("workers", int, 8, "data loader processes per training process"),
         ("batch_size", int, 16, "training batch size, summed over all processes"),
