@@ -27,6 +27,8 @@ if [ -z "${PYTHON:-}" ]; then
     if command -v python3 >/dev/null 2>&1; then PYTHON=python3; else PYTHON=python; fi
 fi
 export PYTHON PYTHONUNBUFFERED=1
+# The device machine runs the working tree as it is, not installed: its packages (acosp, semseg) come from here.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 log=${1:-${OUT:-exp/gpu_check}}
 mkdir -p "$log"
 device=${DEVICE:-cuda}

@@ -233,8 +233,8 @@ def test_test_sh_finds_the_experiment_and_reports_bad_arguments(experiment, tmp_
 
 def _repository_copy(experiment: Path, tmp_path: Path, experiments: tuple[str, ...] = ("segnet",)) -> Path:
     """A copy of the repository with config/tiny/tiny_segnet.yaml and the checkpoint in exp/tiny/<name>/model,
-    so that config/ and exp/ of the experiment live in a throwaway tree (run with PYTHONPATH at it, so that
-    its own semseg, whose ROOT is the tree, comes before the installed one)."""
+    so that config/ and exp/ of the experiment live in a throwaway tree (tool/test.sh runs the tree's own
+    semseg, whose ROOT is the tree, before any installed one)."""
     tree = tmp_path / "repo"
     for folder in ("acosp", "semseg", "tool", "dataset"):
         shutil.copytree(ROOT / folder, tree / folder, ignore=shutil.ignore_patterns("__pycache__"))
@@ -251,7 +251,7 @@ def _repository_copy(experiment: Path, tmp_path: Path, experiments: tuple[str, .
 @pytest.mark.slow
 def test_test_sh_writes_the_results_beside_an_overridden_save_path(experiment, tmp_path):
     tree = _repository_copy(experiment, tmp_path, ("segnet", "other"))
-    environment = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "PYTHONPATH": str(tree)}
+    environment = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu"}
     command = ["sh", "tool/test.sh", "tiny", "segnet", "save_path", "exp/tiny/other/model"]
     result = subprocess.run(command, cwd=tree, env=environment, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -14,6 +14,8 @@ dataset=$1
 exp=$2
 shift 2
 cd "$(dirname "$0")/.."
+# This checkout's acosp and semseg, whether or not (or however) they are installed.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 config=config/$dataset/${dataset}_$exp.yaml
 if [ ! -f "$config" ]; then
     echo "error: $config not found (sh tool/test.sh DATASET EXP looks for config/DATASET/DATASET_EXP.yaml)" >&2
