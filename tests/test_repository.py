@@ -60,7 +60,7 @@ def test_plot_soft_mask_rejects_impossible_keep(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_wheel_ships_only_the_library(tmp_path):
+def test_the_wheel_ships_the_library_and_the_pipeline_it_runs(tmp_path):
     result = subprocess.run(
         [
             sys.executable,
@@ -79,9 +79,12 @@ def test_the_wheel_ships_only_the_library(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     (wheel,) = tmp_path.glob("acosp-*.whl")
-    top_level = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
-    assert "acosp" in top_level
-    assert not top_level & {"model", "util", "tool", "tests", "config"}
+    files = set(zipfile.ZipFile(wheel).namelist())
+    top_level = {name.split("/")[0] for name in files}
+    assert {"acosp", "semseg"} <= top_level
+    assert not top_level & {"tool", "tests", "config", "benchmarks", "data"}
+    stages = ("data/images.py", "models/segnet.py", "training/epoch.py", "evaluation/metrics.py", "reporting/study.py")
+    assert {f"semseg/{path}" for path in stages} <= files  # every stage, not only the top package
     with zipfile.ZipFile(wheel) as archive:
         metadata = archive.read(next(name for name in archive.namelist() if name.endswith("METADATA"))).decode()
     requirements = [

@@ -15,15 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
-from PIL import Image
 from torch.utils.data import Dataset
 
-from semseg.models import is_classification
 from semseg.data.images import DatasetError, read_image, read_label
 from semseg.data.prepare_data import PREPARE
 from semseg.data.transform import cifar_transforms, segmentation_transforms
+from semseg.models import is_classification
 
 SPLITS = ("train", "val", "test")
 CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))

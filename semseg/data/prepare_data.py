@@ -22,9 +22,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from semseg.data import list_files
 from semseg.atomic import atomic_path
 from semseg.config import ROOT
+from semseg.data import list_files
 from semseg.data.images import DatasetError, read_label
 from semseg.data.list_files import OverwriteError
 
@@ -77,7 +77,9 @@ WAY_OUT = (
 )
 
 
-def write_dataset_lists(dataset: str, folder: str | Path | None, lists: dict[str, list[tuple[str, str]]]) -> dict[Path, int]:
+def write_dataset_lists(
+    dataset: str, folder: str | Path | None, lists: dict[str, list[tuple[str, str]]]
+) -> dict[Path, int]:
     """Write each ``name: [(image, label), ...]`` to ``folder/name`` (default: the dataset's), checking all first."""
     folder = Path(folder) if folder else default_lists_folder(dataset)
     return list_files.write_lists("make_lists", {folder / name: rows for name, rows in lists.items()}, WAY_OUT)

@@ -23,8 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from semseg.data import list_files
 from semseg.atomic import atomic_path
+from semseg.data import list_files
 from semseg.data.list_files import OverwriteError
 
 # A folder that is not a shapes dataset stops generate() before it changes anything there.
