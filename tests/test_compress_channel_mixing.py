@@ -45,6 +45,19 @@ class GlobalResponseNorm(nn.Module):
         return x + x * gx / (gx.mean(dim=1, keepdim=True) + 1e-6)
 
 
+class FunctionalNorm(nn.Module):
+    """A layer of its own that calls F.group_norm and F.batch_norm with tensors it holds."""
+
+    def __init__(self, channels=16):
+        super().__init__()
+        self.register_buffer("mean", torch.randn(channels) * 0.1)
+        self.register_buffer("var", torch.rand(channels) + 0.5)
+
+    def forward(self, x):
+        x = nn.functional.group_norm(x, 4)
+        return nn.functional.batch_norm(x, self.mean, self.var, training=False)
+
+
 def masked(middle):
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -68,6 +81,7 @@ def masked(middle):
         (ChannelsLastNorm(), "'permute' (called in 3) reshapes (2, 16, 8, 8) to (2, 8, 8, 16)"),
         (EfficientChannelAttention(), "'view' (called in 3) reshapes (2, 16) to (2, 1, 16)"),
         (GlobalResponseNorm(), "'mean' (called in 3) reduces over channels or samples"),
+        (FunctionalNorm(), "'group_norm' (called in 3) normalises with statistics or parameters of every channel"),
     ],
 )
 def test_channel_mixing_keeps_its_input_whole_and_compression_exact(middle, reason):

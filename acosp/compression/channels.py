@@ -64,6 +64,10 @@ SPLITS = {"split", "chunk", "split_with_sizes", "tensor_split", "unbind"}
 UNPOOLING = {"max_unpool1d", "max_unpool2d", "max_unpool3d"}
 CONSTANTS_LIKE = {"zeros_like", "ones_like", "full_like"}
 CHANNEL_DIM_ARGUMENT = {"softmax": 1, "log_softmax": 1, "softmin": 1, "normalize": 2}
+# Normalisations called as functions inside a module's own forward: their statistics and affine
+# parameters are tensors of every channel that no rebuilt layer narrows (and group and layer norms mix
+# the channels), so what they read keeps its full width.
+FUNCTIONAL_NORMS = {"batch_norm", "instance_norm", "group_norm", "layer_norm", "local_response_norm"}
 
 
 def base_name(name: str) -> str:
@@ -244,6 +248,8 @@ class ChannelFlow:
                 self._link(first, output)
         elif name == "pad":
             self._pad(node)
+        elif name in FUNCTIONAL_NORMS:
+            self._needs_full(node, "normalises with statistics or parameters of every channel")
         elif name in CHANNEL_DIM_ARGUMENT:
             dim = node.argument(CHANNEL_DIM_ARGUMENT[name], "dim", None)
             if dim is not None and _normalized(dim, len(first.shape)) >= 2:
