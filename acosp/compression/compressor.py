@@ -407,10 +407,8 @@ def _batch_norms_after_convs(graph: Graph) -> dict[int, nn.Module]:
 
 
 def _folds_batchnorm(conv: nn.Module) -> bool:
-    """Plain and grouped convs take a BatchNorm into their filters; depthwise and grouped transposed ones not."""
-    if conv.groups == 1:
-        return True
-    return isinstance(conv, nn.Conv2d) and not is_depthwise(conv)
+    """Plain, grouped and depthwise convs take a BatchNorm into their filters; grouped transposed ones not."""
+    return conv.groups == 1 or isinstance(conv, nn.Conv2d)
 
 
 def _batch_norm_affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -434,6 +432,10 @@ def _narrowed_conv(conv: nn.Module, kept: torch.Tensor, call: Node, flow: Channe
         layout = flow.layout(output)
         weight = weight[layout] * mask[layout].view(-1, 1, 1, 1)
         bias = None if bias is None else bias[layout] * mask[layout]
+        if norm is not None:  # BatchNorm(y) = y * scale + shift, per channel: a pruned channel computes shift
+            scale, shift = _batch_norm_affine(norm)
+            weight = weight * scale[layout].to(weight.dtype).view(-1, 1, 1, 1)
+            bias = ((0 if bias is None else bias.double()) * scale[layout] + shift[layout]).to(weight.dtype)
         entry = _conv_entry(conv, len(layout), len(layout), len(layout), bias is not None, None, False)
         return _make_conv(entry, conv, weight, bias, None, None), entry
     if conv.groups > 1 and transposed:  # whole width, masks folded in
