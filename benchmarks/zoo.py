@@ -154,16 +154,49 @@ def try_network(make, sparsity: float, coupled: bool, size: int, speed_size: int
 
 def speed(dense: nn.Module, compressed: nn.Module, size: int) -> dict:
     """Median latencies (batch 1, ``size`` x ``size``) of the dense network in both memory formats and of
-    the compressed one; ``speedup`` is the faster dense form's over the compressed network's."""
+    the compressed one; ``speedup`` is the faster dense form's over the compressed network's. Also where
+    the time goes (``conv_time``): what compression shrinks (the convs) and what it cannot (the rest)."""
     x = torch.randn(1, 3, size, size)
     dense_last = copy.deepcopy(dense).to(memory_format=torch.channels_last)
     times = median_latencies({"dense": dense, "dense_last": dense_last, "compressed": compressed}, x, runs=5)
     baseline = min(times["dense"], times["dense_last"])
+    faster_dense = dense if times["dense"] <= times["dense_last"] else dense_last
+    with torch.no_grad():
+        macs = {
+            "dense": acosp.compress.model_statistics(dense, x, as_compressed=False)["macs"],
+            "compressed": acosp.compress.model_statistics(compressed, x)["macs"],
+        }
     return {
         "dense_seconds": baseline,
         "compressed_seconds": times["compressed"],
         "speedup": baseline / times["compressed"],
+        "conv_time": {
+            "dense": conv_time(faster_dense, x, macs["dense"]),
+            "compressed": conv_time(compressed, x, macs["compressed"]),
+        },
     }
+
+
+CONV_OPS = ("aten::conv2d", "aten::conv_transpose2d")
+
+
+def conv_time(model: nn.Module, x: torch.Tensor, macs: float, runs: int = 3) -> dict:
+    """Seconds of one forward in convs and outside them, and the convs' arithmetic rate (GMAC/s), from
+    ``torch.profiler`` (the median of ``runs`` profiled forwards; the profiler adds a little to both)."""
+    from torch.profiler import profile
+
+    measured = []
+    with torch.inference_mode():
+        model(x)
+        for _ in range(runs):
+            with profile() as profiler:
+                started = time.perf_counter()
+                model(x)
+                total = time.perf_counter() - started
+            convs = sum(e.cpu_time_total for e in profiler.key_averages() if e.key in CONV_OPS) / 1e6
+            measured.append((total, convs))
+    total, convs = sorted(measured)[len(measured) // 2]
+    return {"convs": convs, "rest": max(total - convs, 0.0), "gmacs_per_second": macs / 1e9 / convs if convs else 0.0}
 
 
 def _cells(row: dict) -> list[str]:
@@ -221,7 +254,10 @@ def main(argv=None) -> int:
     parser.add_argument("--traceback", action="store_true", help="print each failure's traceback")
     parser.add_argument("--table", type=Path, help="run 0.5 independent and 0.75 coupled; write the table there")
     parser.add_argument(
-        "--speed", type=int, metavar="SIZE", help="also time dense and compressed networks, batch 1 at SIZE x SIZE"
+        "--speed",
+        type=int,
+        metavar="SIZE",
+        help="also time dense and compressed networks, batch 1 at SIZE x SIZE, and their time in convs and outside",
     )
     args = parser.parse_args(argv)
     settings = [(0.5, False), (0.75, True)] if args.table else [(args.sparsity, args.coupled)]
@@ -251,6 +287,11 @@ def main(argv=None) -> int:
                         f"  {row['dense_seconds'] * 1000:7.1f} ms -> {row['compressed_seconds'] * 1000:6.1f} ms: "
                         f"{row['speedup']:5.2f}x faster, {share:.2f} of the MAC reduction"
                     )
+                    for form, split in row["conv_time"].items():
+                        result += (
+                            f"\n{'':<60} {form:<10} convs {split['convs'] * 1000:7.1f} ms "
+                            f"({split['gmacs_per_second']:4.0f} GMAC/s), the rest {split['rest'] * 1000:6.1f} ms"
+                        )
             else:
                 result = f"FAILED {row['error']}"
             print(f"{zoo:<12} {name:<32} {row['seconds']:6.1f} s  {result}", flush=True)

@@ -65,3 +65,12 @@ def test_timm_networks_compress_exactly(name):
     row = try_network(make, 0.5, False, 96)
     assert row["exact"], row["error"]
     assert row["macs"] > 1.3
+
+
+def test_speed_says_where_the_time_goes():
+    row = try_network(TORCHVISION["mobilenet_v3_small"], 0.75, True, 96, speed_size=64)
+    assert row["exact"] and row["dense_seconds"] > 0 and row["compressed_seconds"] > 0
+    assert row["speedup"] == pytest.approx(row["dense_seconds"] / row["compressed_seconds"])
+    for form in ("dense", "compressed"):
+        split = row["conv_time"][form]
+        assert 0 < split["convs"] < 1 and split["rest"] >= 0 and split["gmacs_per_second"] > 0
