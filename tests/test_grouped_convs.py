@@ -125,23 +125,29 @@ def test_unbalanced_masks_still_compress_exactly_with_even_groups():
     assert relative_error(network(x), compressed(x)) < 1e-5
 
 
-def test_depth_multiplier_convs_compress_exactly():
-    torch.manual_seed(1)
-    network = nn.Sequential(
-        nn.Conv2d(3, 8, 1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.Conv2d(8, 16, 3, padding=1, groups=8),
-        nn.ReLU(),
-        nn.Conv2d(16, 4, 1),
-    )
+def _hardened_and_compressed(network: nn.Sequential):
+    """Half of each conv's channels masked, hardened, compressed: (masked network, compressed, input)."""
     random_batch_norm(network)
     network = SoftTopKPruner(final_sparsity=0.5, min_remaining_elements=1).configure_model(
         network, torch.randn(1, 3, 6, 6)
     )
     network = soft_to_hard_k(network).eval()
     x = torch.randn(2, 3, 6, 6)
-    compressed = compress(copy.deepcopy(network), x)
+    return network, compress(copy.deepcopy(network), x), x
+
+
+def test_depth_multiplier_convs_compress_exactly():
+    torch.manual_seed(1)
+    network, compressed, x = _hardened_and_compressed(
+        nn.Sequential(
+            nn.Conv2d(3, 8, 1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, padding=1, groups=8),
+            nn.ReLU(),
+            nn.Conv2d(16, 4, 1),
+        )
+    )
     conv = getattr(compressed[3], "conv", compressed[3])  # a plain conv, or one that folds constants
     # one of the two outputs of each group kept; every group survives and reads its one channel
     assert (conv.in_channels, conv.out_channels, conv.groups) == (8, 8, 8)
@@ -151,22 +157,17 @@ def test_depth_multiplier_convs_compress_exactly():
 def test_batch_norms_after_depthwise_convs_fold_into_them():
     """A MobileNet block: the depthwise conv takes its BatchNorm into its filters, like a plain conv."""
     torch.manual_seed(2)
-    network = nn.Sequential(
-        nn.Conv2d(3, 16, 1, bias=False),
-        nn.BatchNorm2d(16),
-        nn.ReLU(),
-        nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False),
-        nn.BatchNorm2d(16),
-        nn.ReLU(),
-        nn.Conv2d(16, 4, 1),
+    network, compressed, x = _hardened_and_compressed(
+        nn.Sequential(
+            nn.Conv2d(3, 16, 1, bias=False),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.Conv2d(16, 4, 1),
+        )
     )
-    random_batch_norm(network)
-    network = SoftTopKPruner(final_sparsity=0.5, min_remaining_elements=1).configure_model(
-        network, torch.randn(1, 3, 6, 6)
-    )
-    network = soft_to_hard_k(network).eval()
-    x = torch.randn(2, 3, 6, 6)
-    compressed = compress(copy.deepcopy(network), x)
     assert not any(isinstance(module, nn.BatchNorm2d) for module in compressed.modules())
     depthwise = getattr(compressed[3], "conv", compressed[3])
     assert depthwise.groups == depthwise.out_channels < 16 and depthwise.bias is not None
