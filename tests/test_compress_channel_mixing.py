@@ -6,7 +6,14 @@ import torch
 from test_compress import random_batch_norm
 from torch import nn
 
-from acosp.compress import UnsupportedOperation, compress, compression_report, relative_error
+from acosp.compress import (
+    UnsupportedOperation,
+    apply_compression_spec,
+    compress,
+    compression_report,
+    compression_spec,
+    relative_error,
+)
 from acosp.inject import inject_soft_masks, soft_to_hard_k
 
 
@@ -91,6 +98,44 @@ def test_channel_mixing_keeps_its_input_whole_and_compression_exact(middle, reas
     assert relative_error(model(x), compressed(x)) < 1e-5
     assert reason in compression_report(compressed)
     assert compressed[4].out_channels == 8  # the conv after the mixing narrows all the same
+
+
+class SplitBySize(nn.Module):
+    """CSPNet's split: a size written in the code, which does not follow a narrower tensor."""
+
+    def forward(self, x):
+        left, right = x.split(8, dim=1)
+        return torch.cat([2 * left, right], 1)
+
+
+class SliceBySize(nn.Module):
+    """GhostNet's module: channels made two ways, concatenated, sliced to a width written in the code."""
+
+    def forward(self, x):
+        return torch.cat([x, torch.sigmoid(x)], 1)[:, :16]
+
+
+@pytest.mark.parametrize("middle", [SplitBySize, SliceBySize])
+def test_a_conv_reads_only_the_live_channels_of_a_tensor_kept_whole(middle):
+    model = masked(middle())
+    x = torch.randn(2, 3, 8, 8)
+    compressed = compress(model, x)
+    conv = compressed[4]  # a padded 3x3 conv: the constants it leaves out are folded, borders included
+    assert (conv.in_width, conv.in_channels, conv.out_channels) == (16, 8, 8)
+    assert relative_error(model(x), compressed(x)) < 1e-5
+    assert "4: reads 8 of the 16 channels it receives" in compression_report(compressed)
+    rebuilt = apply_compression_spec(masked(middle()), compression_spec(compressed))
+    rebuilt.load_state_dict(compressed.state_dict())  # strict: the index of the channels read comes with it
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), compressed(x))
+
+
+def test_a_conv_reads_a_tensor_whole_where_few_of_its_channels_are_constants():
+    model = masked(SplitBySize())
+    model[0][1].mask[:] = 1.0  # the stem keeps every channel: nothing to leave out
+    model[0][1].mask[0] = 0.0  # but one, too few to be worth a gather
+    compressed = compress(model, torch.randn(2, 3, 8, 8))
+    assert compressed[4].in_channels == 16 and getattr(compressed[4], "in_width", None) is None
 
 
 class Cumulative(nn.Module):

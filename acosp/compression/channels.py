@@ -338,11 +338,11 @@ class ChannelFlow:
             self._link(node.inputs[-1], output)
             return
         if name == "getitem":
-            kind = _indexing_kind(node.args[1], len(before))
+            kind, channels = _indexing_kind(node.args[1], len(before))
             if kind == "channels":
                 self._same_channels(node, source)
             elif kind == "slice":
-                self._needs_full(node, "slices channels")
+                self._fixed_parts(node, source, [torch.arange(before[1])[channels]], "slices channels")
             else:
                 self._unknown(node, "indexes channels or samples")
             return
@@ -412,10 +412,30 @@ class ChannelFlow:
                 self._set(output, self.live[source.index][channels], self.uniform[source.index][channels])
                 self._link(source, output, channels, torch.arange(width))
             self.even.append((source, len(parts)))
+        elif dim == 1 and name != "unbind" and sum(parts) == source.channels:
+            starts = [sum(parts[:number]) for number in range(len(parts))]
+            ranges = [torch.arange(start, start + part) for start, part in zip(starts, parts)]
+            self._fixed_parts(node, source, ranges, "splits channels")
         elif dim in (0, 1):
             self._needs_full(node, "splits channels")
         else:
             self._same_channels(node, source)
+
+    def _fixed_parts(self, node: Node, source: Value, parts: list[torch.Tensor], why: str) -> None:
+        """Parts of a tensor at channel positions written in the code (a split by sizes, a slice): they
+        do not follow a narrower tensor, so the tensor and its parts keep their full width. Each part
+        keeps the liveness of its channels, so that a conv reading it leaves its constants out."""
+        if source.index not in self.live or len(parts) != len(node.outputs):
+            self._needs_full(node, why)
+            return
+        if self.has_pruned(source):
+            self.full_reasons.append(f"{node.where()} {why}")
+        self._keep_full(source, f"{why} in {node.where()}")
+        for output, channels in zip(node.outputs, parts):
+            if output.channels != len(channels):
+                raise RuntimeError(f"internal error: {node.where()} made {output.shape} of channels {channels}")
+            self._set(output, self.live[source.index][channels], self.uniform[source.index][channels])
+            self._keep_full(output, f"a part of what {node.where()} {why}")
 
     def _follow_split_view(self, node: Node, name: str) -> None:
         """Steps on a tensor whose channel axis a view split in two: copy, swap the two, merge them back."""
@@ -642,11 +662,12 @@ def _size_along(shape: tuple[int, ...], ndim: int, dim: int) -> int:
     return shape[position] if position >= 0 else 1
 
 
-def _indexing_kind(index: Any, ndim: int) -> str:
-    """'channels' when an index leaves samples and channels alone, 'slice' when it slices channels."""
+def _indexing_kind(index: Any, ndim: int) -> tuple[str, slice | None]:
+    """('channels', None) when an index leaves samples and channels alone, ('slice', the channel slice)
+    when it slices channels, ('other', None) otherwise."""
     entries = list(index) if isinstance(index, tuple) else [index]
     if any(isinstance(entry, (Ref, torch.Tensor, list)) or entry is True or entry is False for entry in entries):
-        return "other"
+        return "other", None
     consuming = sum(1 for entry in entries if entry is not None and entry is not Ellipsis)
     expanded = []
     for entry in entries:
@@ -657,10 +678,10 @@ def _indexing_kind(index: Any, ndim: int) -> str:
     expanded += [slice(None)] * 2
     full = slice(None)
     if expanded[0] != full or expanded[1] is None:
-        return "other"
+        return "other", None
     if expanded[1] == full:
-        return "channels"
-    return "slice" if isinstance(expanded[1], slice) else "other"
+        return "channels", None
+    return ("slice", expanded[1]) if isinstance(expanded[1], slice) else ("other", None)
 
 
 def _splits_channels(before: tuple, after: tuple) -> bool:

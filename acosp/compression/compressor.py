@@ -446,6 +446,11 @@ def _narrowed_conv(conv: nn.Module, kept: torch.Tensor, call: Node, flow: Channe
     in_layout = flow.layout(source)
     out_layout = flow.layout(output)
     dropped, multiples = _dropped_inputs(flow, source)
+    in_index = None
+    if conv.groups == 1 and multiples is None:
+        in_index, skipped = _skipped_inputs(flow, source, in_layout)
+        dropped = torch.cat([dropped, skipped]).sort().values
+    read = in_layout if in_index is None else in_layout[in_index]
     constants = _constants(call, source, dropped)
     if conv.groups > 1:
         masked = weight * mask.view(-1, 1, 1, 1)
@@ -460,7 +465,7 @@ def _narrowed_conv(conv: nn.Module, kept: torch.Tensor, call: Node, flow: Channe
         # Filters by output channel then by input channel, whatever the layout of the weight.
         by_output = weight.transpose(0, 1) if transposed else weight
         by_output = by_output.index_select(0, computed)
-        narrow = by_output.index_select(1, in_layout)
+        narrow = by_output.index_select(1, read)
         folded = torch.einsum("oikl,i->okl", by_output.index_select(1, dropped).double(), constants)
         if multiples is not None:  # channels that are multiples of a kept one: add their filters to its filter
             representative, factors = multiples
@@ -494,11 +499,32 @@ def _narrowed_conv(conv: nn.Module, kept: torch.Tensor, call: Node, flow: Channe
         narrow = narrow.transpose(0, 1)
     filled = out_width is not None and fill is not None and bool(fill.abs().max() > 0)
     has_bias = new_bias is not None
-    entry = _conv_entry(conv, len(in_layout), len(computed), groups, has_bias, out_width, constant_input, filled)
+    in_width = None if in_index is None else len(in_layout)
+    entry = _conv_entry(conv, len(read), len(computed), groups, has_bias, out_width, constant_input, filled, in_width)
     new_bias = None if new_bias is None else new_bias.to(weight.dtype)
     kernel = folded.to(weight.dtype) if constant_input else None
     fill = fill.to(weight.dtype) if filled else None
-    return _make_conv(entry, conv, narrow, new_bias, out_index, kernel, fill), entry
+    return _make_conv(entry, conv, narrow, new_bias, out_index, kernel, fill, in_index), entry
+
+
+# A conv gathers the channels it reads (a pass over its input) only where that leaves out at least
+# this share of the tensor it receives.
+_MIN_SKIPPED_SHARE = 0.25
+
+
+def _skipped_inputs(flow: ChannelFlow, value: Value, layout: torch.Tensor):
+    """``(in_index, skipped)``: the positions in ``layout`` of the channels a plain conv reads, and the
+    constant channels it leaves out, or ``(None, [])`` where it reads the tensor whole.
+
+    A tensor keeps constant channels (pruned ones) where some other layer needs its full width: a
+    split by sizes written in the code, a reshape that moves the channels. A conv reading it folds
+    those constants into its bias like the channels compression removed.
+    """
+    constant = ~flow.live[value.index][layout] & flow.uniform[value.index][layout]
+    skipped = layout[constant]
+    if constant.all() or len(skipped) < _MIN_SKIPPED_SHARE * len(layout):
+        return None, skipped[:0]
+    return torch.nonzero(~constant).flatten(), skipped
 
 
 def _grouped_filters(conv: nn.Conv2d, weight: torch.Tensor, in_layout: torch.Tensor, out_layout: torch.Tensor):
@@ -519,9 +545,11 @@ def _grouped_filters(conv: nn.Conv2d, weight: torch.Tensor, in_layout: torch.Ten
     return narrow, full, out_layout, len(surviving)
 
 
-def _conv_entry(conv, in_channels, out_channels, groups, bias, out_width, constant_input, filled=False) -> dict:
+def _conv_entry(
+    conv, in_channels, out_channels, groups, bias, out_width, constant_input, filled=False, in_width=None
+) -> dict:
     transposed = isinstance(conv, nn.ConvTranspose2d)
-    special = out_width is not None or constant_input
+    special = out_width is not None or constant_input or in_width is not None
     if special:
         kind = "CompressedConvTranspose2d" if transposed else "CompressedConv2d"
     else:
@@ -547,16 +575,20 @@ def _conv_entry(conv, in_channels, out_channels, groups, bias, out_width, consta
         entry["out_width"] = out_width
         entry["constant_input"] = constant_input
         entry["filled"] = filled
+        if in_width is not None:
+            entry["in_width"] = in_width
     return entry
 
 
 @torch.no_grad()
-def _make_conv(entry, conv, weight, bias, out_index, kernel, fill=None) -> nn.Module:
+def _make_conv(entry, conv, weight, bias, out_index, kernel, fill=None, in_index=None) -> nn.Module:
     new = build_layer(entry, "")
     new.to(device=conv.weight.device, dtype=conv.weight.dtype)
     new.weight.copy_(weight)
     if bias is not None:
         new.bias.copy_(bias)
+    if in_index is not None:
+        new.in_index.copy_(in_index)
     if out_index is not None:
         new.out_index.copy_(out_index)
     if kernel is not None:

@@ -7,7 +7,10 @@ A narrowed conv may have to
   where taps fall on the zero padding (``constant_kernel`` holds the summed constant per tap);
 - write its computed channels into a wider tensor (``out_index`` into ``out_width`` channels),
   when the residual sum it feeds keeps channels that other branches computed, or later layers
-  need a pruned channel's constant (SegNet's unpooling, with coupled masks).
+  need a pruned channel's constant (SegNet's unpooling, with coupled masks);
+- read only some channels of the tensor it receives (``in_index`` of ``in_width``), when that
+  tensor keeps constant channels at full width for another layer (a split by fixed sizes, say):
+  the constants are folded like pruned ones.
 
 Both kinds hold the conv itself as a plain ``nn.Conv2d`` / ``nn.ConvTranspose2d`` (``.conv``), so
 that tools which recognise layers by their exact type count and quantise it.
@@ -160,13 +163,23 @@ class _CompressedConv(nn.Module):
     conv_type: type[nn.Module] = nn.Conv2d
 
     def __init__(
-        self, *args, out_width: int | None = None, constant_input: bool = False, filled: bool = False, **kwargs
+        self,
+        *args,
+        out_width: int | None = None,
+        constant_input: bool = False,
+        filled: bool = False,
+        in_width: int | None = None,
+        **kwargs,
     ):
         super().__init__()
         self.conv = self.conv_type(*args, **kwargs)
         self.conv.unprunable = True
         self.out_width = out_width
         self.constant_input = constant_input
+        self.in_width = in_width
+        self.register_buffer(
+            "in_index", torch.zeros(self.conv.in_channels, dtype=torch.long) if in_width is not None else None
+        )
         out_channels = self.conv.out_channels
         self.register_buffer(
             "out_index", torch.zeros(out_channels, dtype=torch.long) if out_width is not None else None
@@ -221,8 +234,11 @@ class _CompressedConv(nn.Module):
         self._cache[key] = pieces
         return pieces
 
+    def _read(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.in_index is None else x.index_select(1, self.in_index)
+
     def extra_repr(self) -> str:
-        text = []
+        text = [] if self.in_width is None else [f"in_width={self.in_width}"]
         if self.out_width is not None:
             text.append(f"out_width={self.out_width}")
         if self.constant_input:
@@ -239,11 +255,13 @@ _CONV_ATTRIBUTES = frozenset(
 
 
 class CompressedConv2d(_CompressedConv):
-    """A narrowed conv that folds constant input channels exactly and may write into a wider tensor."""
+    """A narrowed conv that folds constant input channels exactly, may read only some channels of its
+    input and may write into a wider tensor."""
 
     conv_type = nn.Conv2d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._read(x)
         y = self.conv(x)
         if self.constant_input:
             for (rows, cols), addend in self._border(tuple(x.shape[-2:]), y):
@@ -272,6 +290,7 @@ class CompressedConvTranspose2d(_CompressedConv):
     conv_type = nn.ConvTranspose2d
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        x = self._read(x)
         y = self.conv(x, output_size)
         if self.constant_input:
             conv = self.conv

@@ -87,6 +87,12 @@ def compression_report(compressed: nn.Module) -> str:
                 f"{entry['original_out_channels']} channels, and {entry['padded_channels']} more as constants "
                 "(zero filters) for what it feeds"
             )
+    for name, entry in spec["layers"].items():
+        if entry.get("in_width") is not None:
+            lines.append(
+                f"{name}: reads {entry['in_channels']} of the {entry['in_width']} channels it receives (the others "
+                "are constants a tensor kept at full width holds; folded into its bias)"
+            )
     lines += [f"full width: {reason}" for reason in spec["full_width"]]
     return "\n".join(lines) if lines else "every layer keeps only its own channels"
 
@@ -139,6 +145,7 @@ def build_layer(entry: dict[str, Any], name: str) -> nn.Module:
         "out_width": entry.get("out_width"),
         "constant_input": entry.get("constant_input", False),
         "filled": entry.get("filled", False),
+        "in_width": entry.get("in_width"),
     }
     if kind in ("Conv2d", "ConvTranspose2d"):
         layer = getattr(nn, kind)(**arguments)  # the standard type, so that other tools count it
