@@ -116,11 +116,14 @@ def soft_top_k_rows(masks: list[SigmoidSoftTopK]) -> list[torch.Tensor]:
     channel groups takes one row per group.
     """
     groups = [getattr(mask, "groups", 1) for mask in masks]
-    logits = [row for mask, g in zip(masks, groups) for row in mask.weight.float().view(g, -1).unbind()]
-    device = logits[0].device
+    logits = torch.cat([mask.weight.float() for mask in masks])  # the rows one after another
     sizes = [mask.num_channels // g for mask, g in zip(masks, groups) for _ in range(g)]
-    table = _row_layout(sizes, [mask.k // g for mask, g in zip(masks, groups) for _ in range(g)], device)
-    padded = nn.utils.rnn.pad_sequence(logits, batch_first=True)  # [rows, widest], zeros beyond each row
+    table = _row_layout(sizes, [mask.k // g for mask, g in zip(masks, groups) for _ in range(g)], logits.device)
+    # [rows, widest], zeros beyond each row: one indexed copy, whose backward is one gather. (Copying
+    # row by row, as pad_sequence does, chains one in-place copy per row, and each copy's backward
+    # clones the whole matrix: thousands of rows, for networks whose grouped convs have a row per
+    # group, took gigabytes.)
+    padded = logits.new_zeros(len(sizes) * max(sizes)).index_copy(0, table["flat"], logits).view(len(sizes), -1)
     valid, count = table["valid"], table["count"]
     centred = (padded - (padded.sum(1) / count)[:, None]) * valid
     # clamped before the root: a constant row would otherwise send inf * 0 = nan back to its logits

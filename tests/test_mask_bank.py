@@ -50,6 +50,28 @@ def test_rows_give_the_logits_the_gradients_of_the_per_layer_masks():
         torch.testing.assert_close(grad, mask.weight.grad, rtol=1e-4, atol=1e-6)
 
 
+def backward_nodes(output: torch.Tensor) -> int:
+    seen, stack = set(), [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            stack += [next_node for next_node, _ in node.next_functions]
+    return len(seen)
+
+
+def test_the_backward_graph_does_not_grow_with_the_rows():
+    """A grouped conv's mask takes a row per group (ResNeXt-101: thousands): a graph node per row, each
+    cloning the whole matrix in backward, took gigabytes."""
+    torch.manual_seed(0)
+    sizes = {}
+    for groups in (1, 64):
+        masks = [SigmoidSoftTopK(256, 128, groups=groups) for _ in range(4)]
+        rows = mask_bank.soft_top_k_rows(masks)
+        sizes[groups] = backward_nodes(sum(row.sum() for row in rows))
+    assert sizes[64] == sizes[1]
+
+
 def per_layer_copy(model: nn.Module) -> nn.Module:
     """The same network, with the batched preparation unhooked: every layer computes its own mask."""
     twin = copy.deepcopy(model)
