@@ -178,6 +178,20 @@ def test_a_state_dict_whose_wrapper_was_the_conv_itself_still_loads():
     assert torch.equal(layer.conv.weight, old["weight"]) and torch.equal(layer.constant_kernel, old["constant_kernel"])
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_a_conv_reads_the_channels_its_index_names_in_either_memory_format(memory_format):
+    layer = CompressedConv2d(3, 5, 3, padding=1, in_width=8).eval()
+    layer.in_index.copy_(torch.tensor([0, 4, 6]))
+    x = torch.randn(2, 8, 6, 7)
+    expected = layer.conv(x[:, [0, 4, 6]])
+    layer.to(memory_format=memory_format)
+    with torch.no_grad():
+        y = layer(x.contiguous(memory_format=memory_format))
+    assert torch.allclose(y, expected, atol=1e-6)
+    assert y.is_contiguous(memory_format=memory_format)  # channels-last stays channels-last: no conversion
+    assert "in_width=8" in repr(layer)
+
+
 def wide_layer(index: list[int], width: int, filled: bool) -> CompressedConv2d:
     layer = CompressedConv2d(3, len(index), 3, padding=1, out_width=width, filled=filled)
     layer.out_index.copy_(torch.tensor(index))
