@@ -74,3 +74,12 @@ def test_speed_says_where_the_time_goes():
     for form in ("dense", "compressed"):
         split = row["conv_time"][form]
         assert 0 < split["convs"] < 1 and split["rest"] >= 0 and split["gmacs_per_second"] > 0
+
+
+def test_a_split_by_fixed_sizes_still_lets_its_readers_narrow():
+    """CSPNet splits by sizes written in the code: the tensor stays whole, its readers leave its constants out."""
+    pytest.importorskip("timm", reason="timm is not installed")
+    ((_, make),) = timm_models(["cspresnet50"])
+    row = try_network(make, 0.75, True, 96)
+    assert row["exact"], row["error"]
+    assert row["macs"] > 11, row["macs"]  # 9.1x when its readers took the whole tensor
