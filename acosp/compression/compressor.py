@@ -449,9 +449,11 @@ def _narrowed_conv(conv: nn.Module, kept: torch.Tensor, call: Node, flow: Channe
     dropped, multiples = _dropped_inputs(flow, source)
     in_index = None
     if conv.groups == 1 and multiples is None:
-        in_index, skipped = _skipped_inputs(flow, call, conv, in_layout, int(kept.sum()))
-        dropped = torch.cat([dropped, skipped]).sort().values
-    read = in_layout if in_index is None else in_layout[in_index]
+        in_index = _read_inputs(flow, call, conv, in_layout, int(kept.sum()))
+    read = in_layout
+    if in_index is not None:  # the constants it leaves out are folded like the pruned channels
+        read = in_layout[in_index]
+        dropped = torch.cat([dropped, in_layout[~torch.isin(in_layout, read)]]).sort().values
     constants = _constants(call, source, dropped)
     if conv.groups > 1:
         masked = weight * mask.view(-1, 1, 1, 1)
@@ -515,9 +517,9 @@ def _narrowed_conv(conv: nn.Module, kept: torch.Tensor, call: Node, flow: Channe
 GATHER_COST_IN_MACS = 64
 
 
-def _skipped_inputs(flow: ChannelFlow, call: Node, conv: nn.Module, layout: torch.Tensor, outputs: int):
-    """``(in_index, skipped)``: the positions in ``layout`` of the channels a plain conv reads, and the
-    constant channels it leaves out, or ``(None, [])`` where it reads the tensor whole.
+def _read_inputs(flow: ChannelFlow, call: Node, conv: nn.Module, layout: torch.Tensor, outputs: int):
+    """The positions in ``layout`` of the channels a plain conv reads, or None where it reads the
+    tensor whole.
 
     A tensor keeps constant channels (pruned ones) where some other layer needs its full width: a
     split or a slice by sizes written in the code. A conv reading it folds those constants into its
@@ -525,13 +527,13 @@ def _skipped_inputs(flow: ChannelFlow, call: Node, conv: nn.Module, layout: torc
     """
     source, output = call.inputs[0], call.outputs[0]
     constant = ~flow.live[source.index][layout] & flow.uniform[source.index][layout]
-    skipped, read = layout[constant], layout[~constant]
+    skipped, read = int(constant.sum()), int((~constant).sum())
     macs_per_value = outputs * conv.weight[0, 0].numel()  # per input value left out
     if isinstance(conv, nn.Conv2d):  # over the output's positions rather than the input's
         macs_per_value *= math.prod(output.shape[2:]) / math.prod(source.shape[2:])
-    if len(read) == 0 or macs_per_value * len(skipped) <= GATHER_COST_IN_MACS * len(read):
-        return None, skipped[:0]
-    return torch.nonzero(~constant).flatten(), skipped
+    if read == 0 or macs_per_value * skipped <= GATHER_COST_IN_MACS * read:
+        return None
+    return torch.nonzero(~constant).flatten()
 
 
 def _grouped_filters(conv: nn.Conv2d, weight: torch.Tensor, in_layout: torch.Tensor, out_layout: torch.Tensor):

@@ -72,7 +72,8 @@ def apply_compression_spec(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
 
 
 def compression_report(compressed: nn.Module) -> str:
-    """Which layers write into wider tensors, and which tensors kept full width and why."""
+    """Which layers write into wider tensors or read only some of theirs, and which tensors kept full width
+    and why."""
     spec = compression_spec(compressed)
     lines = []
     for name, entry in spec["layers"].items():
@@ -87,7 +88,6 @@ def compression_report(compressed: nn.Module) -> str:
                 f"{entry['original_out_channels']} channels, and {entry['padded_channels']} more as constants "
                 "(zero filters) for what it feeds"
             )
-    for name, entry in spec["layers"].items():
         if entry.get("in_width") is not None:
             lines.append(
                 f"{name}: reads {entry['in_channels']} of the {entry['in_width']} channels it receives (the others "

@@ -25,6 +25,11 @@ def _pruned(experiment: str, sparsity: float) -> str:
     return f"{experiment}_{sparsity:g}"
 
 
+def dense_parameters(dataset: str, experiment: str, width: float) -> int:
+    """Parameters of the dense ``experiment`` narrowed uniformly to ``width``."""
+    return parameter_count(run_config(dataset, experiment, Path("exp") / "check", ["width", str(width)]))
+
+
 def small_dense_width(dataset: str, experiment: str, sparsity: float) -> tuple[float, int, int]:
     """The width at which the dense ``experiment`` has the parameters of its ACoSP network at
     ``sparsity`` once compressed: ``(width, its parameters, the target)``."""
@@ -33,8 +38,7 @@ def small_dense_width(dataset: str, experiment: str, sparsity: float) -> tuple[f
 
     def count(width: float) -> int:
         if width not in counts:
-            cfg = run_config(dataset, experiment, Path("exp") / "check", ["width", str(width)])
-            counts[width] = parameter_count(cfg)
+            counts[width] = dense_parameters(dataset, experiment, width)
         return counts[width]
 
     width = matched_width(count, target)
@@ -56,10 +60,7 @@ def camvid_cpu(sparsities: tuple[float, ...] = (0.875,), seeds: tuple[int, ...] 
         pruned, tag = _pruned(CPU_RECIPE, sparsity), f"{sparsity:g}"
         matched, matched_parameters, target = small_dense_width("camvid", CPU_RECIPE, sparsity)
         width = RECORDED_SMALL_DENSE_WIDTHS.get(sparsity, matched)
-        parameters = matched_parameters
-        if width != matched:
-            cfg = run_config("camvid", CPU_RECIPE, Path("exp") / "check", ["width", str(width)])
-            parameters = parameter_count(cfg)
+        parameters = matched_parameters if width == matched else dense_parameters("camvid", CPU_RECIPE, width)
         gap = (parameters - target) / target
         note = (
             f"small_dense_{tag}: width {width:g} gives {parameters:,} parameters, the compressed ACoSP network "
