@@ -12,6 +12,7 @@ from torch import nn
 import acosp.inject
 from acosp.inject import named_mask_layers
 from acosp.pruner import SoftTopKPruner
+from semseg.training.stop_signals import agreed_signal
 
 WORLD_SIZE = 2
 
@@ -91,3 +92,28 @@ def test_stale_ddp_wrapper_says_what_to_do(tmp_path):
     for rank in range(WORLD_SIZE):
         message = (tmp_path / f"error{rank}.txt").read_text()
         assert "use the wrapper that call returned" in message and "soft_to_hard_k(model)" in message
+
+
+def _signal_worker(rank, folder, received_per_rank):
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=WORLD_SIZE)
+    try:
+        agreed = agreed_signal(received_per_rank[rank], torch.device("cpu"))
+        Path(folder, f"agreed{rank}.txt").write_text(str(agreed))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(
+    "received_per_rank, agreed",
+    [
+        ((None, "SIGTERM"), "SIGTERM"),
+        (("SIGUSR1", None), "SIGUSR1"),
+        (("SIGTERM", "SIGINT"), "SIGINT"),
+        ((None, None), "None"),
+    ],
+)
+def test_every_process_names_the_signal_that_reached_any_of_them(tmp_path, received_per_rank, agreed):
+    # torchrun passes a SIGTERM to its workers one after another: the first process to check may not
+    # have it yet, and must still log "SIGTERM" and exit 75 (or 130 for a Ctrl-C), not guess.
+    mp.spawn(_signal_worker, args=(str(tmp_path), received_per_rank), nprocs=WORLD_SIZE, join=True)
+    assert [(tmp_path / f"agreed{rank}.txt").read_text() for rank in range(WORLD_SIZE)] == [agreed] * WORLD_SIZE

@@ -78,7 +78,7 @@ def test_train_sh_passes_sigterm_on_and_exits_75_with_last_pth_saved(tmp_path, n
     config = write_config(tmp_path, epochs=400, ending_epoch=2, evaluate=False, print_freq=1)
     copy = tmp_path / "repo"
     (copy / "config" / "tiny").mkdir(parents=True)
-    for name in ("tool", "util", "model", "acosp", "dataset"):
+    for name in ("tool", "semseg", "acosp", "dataset"):
         os.symlink(ROOT / name, copy / name)
     (copy / "config" / "tiny" / "tiny_segnet.yaml").write_text(config.read_text())
     env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "OMP_NUM_THREADS": "1", "NPROC": nproc}

@@ -84,6 +84,15 @@ def broadcast_int(value: int, device: torch.device) -> int:
     return int(number.item())
 
 
+def max_over_ranks(value: int, device: torch.device) -> int:
+    """The largest of the ranks' integers on every rank, or ``value`` itself in a single process."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return value
+    number = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(number, op=dist.ReduceOp.MAX)
+    return int(number.item())
+
+
 def any_rank(value: bool, device: torch.device) -> bool:
     """True on every rank when ``value`` is true on any of them (a NaN loss on one rank stops all)."""
     flag = torch.tensor([1.0 if value else 0.0], device=device)

@@ -21,7 +21,7 @@ from semseg.models import is_classification
 from semseg.training.checkpoint import restore_rng_state
 from semseg.training.distributed import Processes, all_reduce_sum, any_rank
 from semseg.training.optimizer import learning_rate, set_learning_rate
-from semseg.training.stop_signals import StopRequested
+from semseg.training.stop_signals import StopRequested, agreed_signal
 
 
 class TrainingError(RuntimeError):
@@ -95,9 +95,9 @@ def train_epoch(
             continue
         if i == skip and rng is not None:
             restore_rng_state(rng)
-        received = context.stop()
-        if any_rank(received is not None, device) if distributed else received is not None:
-            raise StopRequested(received or "a stop signal on another process", i)
+        received = agreed_signal(context.stop(), device) if distributed else context.stop()
+        if received is not None:
+            raise StopRequested(received, i)
         iteration = epoch * iterations + i
         if cfg.lr_update == "epoch":
             lr = learning_rate(cfg.lr_schedule, cfg.base_lr, epoch, cfg.epochs, cfg.power)

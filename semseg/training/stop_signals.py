@@ -14,10 +14,17 @@ import signal
 import threading
 from types import FrameType
 
+import torch
+
+from semseg.training.distributed import max_over_ranks
+
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: saved, "try again" (resume auto); a requeue script tells it apart
 EXIT_INTERRUPTED = 130  # Ctrl-C, saved as well
 
 _STOPPING = (signal.SIGTERM, signal.SIGINT) + ((signal.SIGUSR1,) if hasattr(signal, "SIGUSR1") else ())
+
+# When processes received different signals, the later name wins: a Ctrl-C anywhere is a Ctrl-C.
+_PRECEDENCE = (None, "SIGUSR1", "SIGTERM", "SIGINT")
 
 
 class StopRequested(Exception):
@@ -56,3 +63,13 @@ class StopSignals:
         for number, handler in self._previous.items():
             signal.signal(number, handler)
         self._previous.clear()
+
+
+def agreed_signal(received: str | None, device: torch.device) -> str | None:
+    """The stop signal every process acts on: the one any process received (the latest in ``_PRECEDENCE``).
+
+    A signal reaches the processes of a run one after another (torchrun passes it to each in turn), so at
+    a given iteration some may have it and others not yet. All stop together, and all name the signal
+    and exit with its status, whichever process it reached first.
+    """
+    return _PRECEDENCE[max_over_ranks(_PRECEDENCE.index(received), device)]
