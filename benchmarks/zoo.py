@@ -5,6 +5,7 @@
     python benchmarks/zoo.py timm --only resnet50d convnext_atto
     python benchmarks/zoo.py torchvision timm --table docs/zoo.md   # both settings, the table in docs/zoo.md
     python benchmarks/zoo.py torchvision --coupled --sparsity 0.75 --speed 520 --only fcn_resnet50   # latency too
+    python benchmarks/zoo.py torchvision --coupled --sparsity 0.75 --speed 520 --compile --only fcn_resnet50
 
 Needs torchvision (and timm for the timm list): ``pip install torch==2.14.1 torchvision==0.29.1 timm``
 in an environment of its own. Each network, with random weights: masks at ``--sparsity`` (coupled
@@ -111,11 +112,14 @@ def _step(model: nn.Module, x: torch.Tensor) -> None:
 MINIMUM_SIZE = {"inception_v3": 299}  # its auxiliary classifier pools a 5x5 window late
 
 
-def try_network(make, sparsity: float, coupled: bool, size: int, speed_size: int | None = None) -> dict:
+def try_network(
+    make, sparsity: float, coupled: bool, size: int, speed_size: int | None = None, compiled: bool = False
+) -> dict:
     """What happened to one network: ``exact`` (bool or None when it failed), reductions, error text.
 
     With ``speed_size`` also ``speedup``: the dense network's latency (the faster of its contiguous
-    and channels-last forms) over the compressed one's, batch 1 at that size, on this machine's threads.
+    and channels-last forms) over the compressed one's, batch 1 at that size, on this machine's threads;
+    with ``compiled`` as well the same for both networks compiled (``compiled_speed``).
     """
     torch.manual_seed(0)
     started = time.perf_counter()
@@ -141,7 +145,7 @@ def try_network(make, sparsity: float, coupled: bool, size: int, speed_size: int
         full_width = small._acosp_compression_spec["full_width"]
         row["full_width"] = full_width[0] if full_width else ""  # the first tensor kept whole, and why
         if speed_size:
-            row.update(speed(dense, small, speed_size))
+            row.update(speed(dense, small, speed_size, compiled))
     except Exception as error:  # noqa: BLE001 - every failure is a row of the table
         lines = [line for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
         row["error"] = f"{type(error).__name__}: {lines[0][:300]}"
@@ -152,10 +156,11 @@ def try_network(make, sparsity: float, coupled: bool, size: int, speed_size: int
     return row
 
 
-def speed(dense: nn.Module, compressed: nn.Module, size: int) -> dict:
+def speed(dense: nn.Module, compressed: nn.Module, size: int, compiled: bool = False) -> dict:
     """Median latencies (batch 1, ``size`` x ``size``) of the dense network in both memory formats and of
     the compressed one; ``speedup`` is the faster dense form's over the compressed network's. Also where
-    the time goes (``conv_time``): what compression shrinks (the convs) and what it cannot (the rest)."""
+    the time goes (``conv_time``): what compression shrinks (the convs) and what it cannot (the rest);
+    with ``compiled`` the latencies of both compiled (``compiled_speed``)."""
     x = torch.randn(1, 3, size, size)
     dense_last = copy.deepcopy(dense).to(memory_format=torch.channels_last)
     times = median_latencies({"dense": dense, "dense_last": dense_last, "compressed": compressed}, x, runs=5)
@@ -166,7 +171,7 @@ def speed(dense: nn.Module, compressed: nn.Module, size: int) -> dict:
             "dense": acosp.compress.model_statistics(dense, x, as_compressed=False)["macs"],
             "compressed": acosp.compress.model_statistics(compressed, x)["macs"],
         }
-    return {
+    result = {
         "dense_seconds": baseline,
         "compressed_seconds": times["compressed"],
         "speedup": baseline / times["compressed"],
@@ -174,6 +179,34 @@ def speed(dense: nn.Module, compressed: nn.Module, size: int) -> dict:
             "dense": conv_time(faster_dense, x, macs["dense"]),
             "compressed": conv_time(compressed, x, macs["compressed"]),
         },
+    }
+    if compiled:
+        result["compiled_speed"] = compiled_speed(faster_dense, compressed, x)
+    return result
+
+
+def compiled_speed(dense: nn.Module, compressed: nn.Module, x: torch.Tensor) -> dict:
+    """Median latencies of both networks compiled by ``torch.compile`` (inductor, with its weights frozen
+    as constants, which folds BatchNorm and fuses element-wise work into fewer kernels). The compiled
+    networks must give the eager ones' outputs (within 1e-4 of the largest), or this raises."""
+    import torch._inductor.config as inductor
+
+    with inductor.patch(freezing=True), torch.inference_mode():
+        networks = {"dense": torch.compile(dense), "compressed": torch.compile(compressed)}
+        started = time.perf_counter()
+        for name, eager in (("dense", dense), ("compressed", compressed)):
+            expected = [t for t in _tensors(eager(x)) if t.is_floating_point()]
+            got = [t for t in _tensors(networks[name](x)) if t.is_floating_point()]
+            for a, b in zip(expected, got, strict=True):
+                if (a - b).abs().max() > 1e-4 * a.abs().max():
+                    raise RuntimeError(f"the compiled {name} network's output differs from the eager one's")
+        compile_seconds = time.perf_counter() - started
+        times = median_latencies(networks, x, runs=5)
+    return {
+        "dense_seconds": times["dense"],
+        "compressed_seconds": times["compressed"],
+        "speedup": times["dense"] / times["compressed"],
+        "compile_seconds": compile_seconds,
     }
 
 
@@ -259,7 +292,14 @@ def main(argv=None) -> int:
         metavar="SIZE",
         help="also time dense and compressed networks, batch 1 at SIZE x SIZE, and their time in convs and outside",
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="with --speed: also time both networks compiled by torch.compile (needs a C++ compiler)",
+    )
     args = parser.parse_args(argv)
+    if args.compile and not args.speed:
+        parser.error("--compile times the networks: give --speed SIZE as well")
     settings = [(0.5, False), (0.75, True)] if args.table else [(args.sparsity, args.coupled)]
     if args.table and "<!-- zoo-table:start -->" not in (args.table.read_text() if args.table.is_file() else ""):
         parser.error(f"{args.table} has no <!-- zoo-table:start --> marker for the table")
@@ -276,7 +316,7 @@ def main(argv=None) -> int:
         exact = 0
         for zoo, name, make in networks:
             size = max(args.size, MINIMUM_SIZE.get(name, 0))
-            row = try_network(make, sparsity, coupled, size, args.speed)
+            row = try_network(make, sparsity, coupled, size, args.speed, args.compile)
             rows.setdefault((zoo, name), []).append(row)
             exact += bool(row["exact"])
             if row["exact"]:
@@ -291,6 +331,14 @@ def main(argv=None) -> int:
                         result += (
                             f"\n{'':<60} {form:<10} convs {split['convs'] * 1000:7.1f} ms "
                             f"({split['gmacs_per_second']:4.0f} GMAC/s), the rest {split['rest'] * 1000:6.1f} ms"
+                        )
+                    if "compiled_speed" in row:
+                        timed = row["compiled_speed"]
+                        result += (
+                            f"\n{'':<60} compiled   {timed['dense_seconds'] * 1000:7.1f} ms -> "
+                            f"{timed['compressed_seconds'] * 1000:6.1f} ms: {timed['speedup']:5.2f}x faster, "
+                            f"{timed['speedup'] / row['macs']:.2f} of the MAC reduction "
+                            f"(compiled in {timed['compile_seconds']:.0f} s)"
                         )
             else:
                 result = f"FAILED {row['error']}"

@@ -5,6 +5,8 @@ Runs where torchvision (and timm) import: ``.ci/run`` installs them in an enviro
 beside the CPU torch wheel of the main suite. ``python benchmarks/zoo.py`` runs the whole zoo.
 """
 
+import shutil
+
 import pytest
 
 torchvision = pytest.importorskip("torchvision", reason="the zoo needs torchvision (see tests/test_zoo.py)")
@@ -83,3 +85,12 @@ def test_a_split_by_fixed_sizes_still_lets_its_readers_narrow():
     row = try_network(make, 0.75, True, 96)
     assert row["exact"], row["error"]
     assert row["macs"] > 11, row["macs"]  # 9.1x when its readers took the whole tensor
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on the CPU needs a C++ compiler")
+def test_speed_times_both_networks_compiled_too():
+    row = try_network(TORCHVISION["mobilenet_v3_small"], 0.75, True, 96, speed_size=64, compiled=True)
+    assert row["exact"], row["error"]
+    timed = row["compiled_speed"]
+    assert timed["dense_seconds"] > 0 and timed["compressed_seconds"] > 0 and timed["compile_seconds"] > 0
+    assert timed["speedup"] == pytest.approx(timed["dense_seconds"] / timed["compressed_seconds"])
