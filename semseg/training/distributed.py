@@ -95,8 +95,7 @@ def max_over_ranks(value: int, device: torch.device) -> int:
 
 def any_rank(value: bool, device: torch.device) -> bool:
     """True on every rank when ``value`` is true on any of them (a NaN loss on one rank stops all)."""
-    flag = torch.tensor([1.0 if value else 0.0], device=device)
-    return bool(all_reduce_sum(flag).item() > 0)
+    return bool(max_over_ranks(int(value), device))
 
 
 def barrier() -> None:

@@ -89,13 +89,12 @@ def train_epoch(
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
     bar = progress_bar(loader, processes, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
-    distributed = processes.world_size > 1
     for i, (x, y) in enumerate(bar):
         if i < skip:
             continue
         if i == skip and rng is not None:
             restore_rng_state(rng)
-        received = agreed_signal(context.stop(), device) if distributed else context.stop()
+        received = agreed_signal(context.stop(), device)  # the same on every process
         if received is not None:
             raise StopRequested(received, i)
         iteration = epoch * iterations + i
