@@ -130,6 +130,36 @@ def test_a_conv_reads_only_the_live_channels_of_a_tensor_kept_whole(middle):
         assert torch.equal(rebuilt(x), compressed(x))
 
 
+class GhostModule(nn.Module):
+    """GhostNet's module where the concatenation has exactly the width the slice names: the slice takes
+    every channel, of the narrower tensor too."""
+
+    def __init__(self, stop=16):
+        super().__init__()
+        self.primary = nn.Conv2d(16, 8, 1)
+        self.cheap = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.stop = stop
+
+    def forward(self, x):
+        x1 = self.primary(x)
+        x = torch.cat([x1, self.cheap(x1)], 1)
+        if self.stop is None:
+            return x
+        return x[:, : self.stop] if self.stop > 0 else x[:, self.stop :]
+
+
+@pytest.mark.parametrize("stop", [16, 99, -16])
+def test_a_slice_that_takes_every_channel_narrows_with_its_tensor(stop):
+    model = masked(GhostModule(stop))
+    x = torch.randn(2, 3, 8, 8)
+    compressed = compress(model, x)
+    unsliced = compress(masked(GhostModule(None)), x)  # the same network without the slice
+    assert compressed[4].in_channels == unsliced[4].in_channels < 16
+    assert getattr(compressed[4], "in_width", None) is None  # a narrower tensor, not a gather from a whole one
+    assert relative_error(model(x), compressed(x)) < 1e-5
+    assert "slices channels" not in compression_report(compressed)
+
+
 def test_a_conv_reads_a_tensor_whole_where_few_of_its_channels_are_constants():
     model = masked(SplitBySize())
     model[0][1].mask[:] = 1.0  # the stem keeps every channel: nothing to leave out

@@ -339,7 +339,9 @@ class ChannelFlow:
             return
         if name == "getitem":
             kind, channels = _indexing_kind(node.args[1], len(before))
-            if kind == "channels":
+            # A slice that takes every channel (GhostNet's ``out[:, :self.out_chs]`` where the concatenation
+            # has exactly ``out_chs``) takes every channel of a narrower tensor too: a step, not a cut.
+            if kind == "channels" or (kind == "slice" and channels.indices(before[1]) == (0, before[1], 1)):
                 self._same_channels(node, source)
             elif kind == "slice":
                 self._fixed_parts(node, source, [torch.arange(before[1])[channels]], "slices channels")
