@@ -8,7 +8,7 @@ loaded on first use.
 import importlib
 
 from acosp import inject, masks, stats
-from acosp.inject import UnprunableConv2d, hard_to_conv, soft_to_hard_k, unprunable
+from acosp.inject import UnprunableConv2d, hard_to_conv, soft_to_hard_k, unprunable, unprunable_outputs
 from acosp.masks import ChannelMask, SigmoidSoftTopK, sigmoid_soft_top_k
 from acosp.pruner import SoftTopKPruner
 
@@ -30,6 +30,7 @@ __all__ = [
     "soft_to_hard_k",
     "stats",
     "unprunable",
+    "unprunable_outputs",
 ]
 
 

@@ -36,6 +36,22 @@ def unprunable(module: nn.Module) -> nn.Module:
     return module
 
 
+def unprunable_outputs(model: nn.Module, example_input: torch.Tensor | tuple) -> list[str]:
+    """Mark the convs that compute the network's output channels (its classes) unprunable; their names.
+
+    Those are the convs whose output reaches the network's output through no other conv or linear
+    layer (``acosp.compress.output_convs``): a segmentation network's classifier, SqueezeNet's. Call
+    it on the unmasked network, before ``configure_model``, with an input the network accepts.
+    """
+    from acosp.compression.coupling import output_convs  # the compression layer traces the network
+
+    names = output_convs(model, example_input)
+    network = unwrap(model)
+    for name in names:
+        unprunable(network.get_submodule(name))
+    return names
+
+
 class MaskedConv(nn.Sequential):
     """A conv followed by the mask of its output channels (before any BatchNorm).
 

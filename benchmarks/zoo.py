@@ -9,8 +9,9 @@
 
 Needs torchvision (and timm for the timm list): ``pip install torch==2.14.1 torchvision==0.29.1 timm``
 in an environment of its own. Each network, with random weights: masks at ``--sparsity`` (coupled
-with ``--coupled``), one SGD step with the soft masks, ``soft_to_hard_k``, one step with the hard
-masks, then ``acosp.compress`` in eval mode on two random images of ``--size``. A network is
+with ``--coupled``) on every conv but those that compute the output channels
+(``acosp.unprunable_outputs``), one SGD step with the soft masks, ``soft_to_hard_k``, one step with
+the hard masks, then ``acosp.compress`` in eval mode on two random images of ``--size``. A network is
 *exact* when the compressed copy matches the masked network within 1e-4 (max |difference| / max
 |output|). Prints per network the outcome, the MAC and parameter reductions, or the error's first
 line (the op and layer compression stopped at).
@@ -129,6 +130,7 @@ def try_network(
         x = torch.randn(2, 3, size, size)
         model.eval()
         dense = copy.deepcopy(model) if speed_size else None
+        acosp.unprunable_outputs(model, x)  # the classes stay: segmentation classifiers keep their width
         pruner = SoftTopKPruner(final_sparsity=sparsity, min_remaining_elements=1, coupled_masks=coupled)
         model = pruner.configure_model(model, x)
         _step(model, x)
@@ -270,7 +272,8 @@ def markdown(rows: dict, settings: list, command: str, seconds: float) -> str:
         + [
             "",
             f"*Written by `{command}` in {seconds / 60:.0f} minutes on {machine()} (torch {torch.__version__}): "
-            f"{counts}. Random weights, one SGD step with soft and one with hard masks, then `acosp.compress` "
+            f"{counts}. Random weights, masks on every conv but those that compute the output channels "
+            "(`acosp.unprunable_outputs`), one SGD step with soft and one with hard masks, then `acosp.compress` "
             "in eval mode on two random 96x96 images (299x299 for Inception v3); exact: within 1e-4 of the masked "
             "network (max |difference| / max |output|); MACs and parameters: masked network / compressed one.*",
         ]

@@ -8,6 +8,9 @@ beside the CPU torch wheel of the main suite. ``python benchmarks/zoo.py`` runs 
 import shutil
 
 import pytest
+import torch
+
+import acosp
 
 torchvision = pytest.importorskip("torchvision", reason="the zoo needs torchvision (see tests/test_zoo.py)")
 
@@ -85,6 +88,36 @@ def test_a_split_by_fixed_sizes_still_lets_its_readers_narrow():
     row = try_network(make, 0.75, True, 96)
     assert row["exact"], row["error"]
     assert row["macs"] > 11, row["macs"]  # 9.1x when its readers took the whole tensor
+
+
+def test_a_slice_to_the_whole_width_lets_ghostnet_narrow():
+    """GhostNet's ``out[:, :self.out_chs]`` takes every channel of its concatenation: a step, not a cut."""
+    pytest.importorskip("timm", reason="timm is not installed")
+    ((_, make),) = timm_models(["ghostnet_100"])
+    row = try_network(make, 0.75, True, 96)
+    assert row["exact"], row["error"]
+    assert row["macs"] > 4.5, row["macs"]  # 3.3x when the slice kept its tensor whole
+
+
+@pytest.mark.parametrize(
+    "name, classifiers",
+    [
+        ("deeplabv3_mobilenet_v3_large", ["classifier.4"]),
+        ("lraspp_mobilenet_v3_large", ["classifier.low_classifier", "classifier.high_classifier"]),
+        ("squeezenet1_0", ["classifier.1"]),
+        ("resnet18", []),  # its classes come from a linear layer, which is never masked
+    ],
+)
+def test_the_convs_that_compute_the_classes_keep_them(name, classifiers):
+    torch.manual_seed(0)
+    model, x = TORCHVISION[name]().eval(), torch.randn(2, 3, 96, 96)
+    assert acosp.unprunable_outputs(model, x) == classifiers
+    model = acosp.SoftTopKPruner(final_sparsity=0.75, coupled_masks=True).configure_model(model, x)
+    compressed = acosp.compress.compress(acosp.soft_to_hard_k(model).eval(), x)
+    classes = 1000 if name == "squeezenet1_0" else 21
+    for classifier in classifiers:
+        conv = compressed.get_submodule(classifier)
+        assert conv.out_channels == classes and getattr(conv, "out_width", None) is None, classifier
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on the CPU needs a C++ compiler")

@@ -50,7 +50,8 @@ def balanced_groups(model: nn.Module, example_input: torch.Tensor | tuple) -> di
 
 def mask_constraints(model: nn.Module, example_input: torch.Tensor | tuple) -> tuple[list[list[str]], dict[str, int]]:
     """``(coupled_groups, balanced_groups)`` from one run of the network."""
-    graph, flow = _traced_flow(model, example_input)
+    graph = _traced(model, example_input, "coupled masks")
+    flow = ChannelFlow(graph, strict=False)
     parent: dict[int, int] = {}
 
     def root(index: int) -> int:
@@ -81,12 +82,56 @@ def mask_constraints(model: nn.Module, example_input: torch.Tensor | tuple) -> t
     return [members for members in groups.values() if len(members) > 1], balanced
 
 
-def _traced_flow(model: nn.Module, example_input: torch.Tensor | tuple) -> tuple[Graph, ChannelFlow]:
+def output_convs(model: nn.Module, example_input: torch.Tensor | tuple) -> list[str]:
+    """Names of the prunable convs whose output channels reach the network's output through no other
+    conv or linear layer: a segmentation network's classifier (through the upsampling), SqueezeNet's
+    (through the pooling). Their channels are the classes, which pruning should not remove.
+
+    Found by the same kind of run as ``coupled_groups``, on the unmasked network; listed in the order
+    of ``named_modules``. ``acosp.unprunable_outputs`` marks them.
+    """
+    graph = _traced(model, example_input, "output convs")
+    network = unwrap(model)
+    found: set[str] = set()
+    seen: set[int] = set()
+    pending = list(graph.outputs)
+    while pending:
+        value = pending.pop()
+        node = value.producer
+        if node is None or node.index in seen:
+            continue
+        seen.add(node.index)
+        if node.kind == "module":
+            layer, name = node.target, node.name
+        elif node.name in _WEIGHTED_FUNCTIONS:  # in a layer's own forward (a weight-standardised conv's)
+            layer, name = _layer(network, node.scope), node.scope
+        else:
+            pending.extend(node.inputs)
+            continue
+        if layer is not None and is_prunable(layer):
+            found.add(name)
+        elif node.kind == "module" and not isinstance(layer, _WEIGHTED_LAYERS):
+            pending.extend(node.inputs)  # BatchNorm and other layers that map channels on their own
+    return [name for name, _ in network.named_modules() if name in found]
+
+
+def _layer(network: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return network.get_submodule(name) if name else None
+    except AttributeError:
+        return None
+
+
+_WEIGHTED_FUNCTIONS = frozenset(("conv1d", "conv2d", "conv3d", "conv_transpose2d", "linear", "bilinear"))
+_WEIGHTED_LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.Bilinear)
+
+
+def _traced(model: nn.Module, example_input: torch.Tensor | tuple, purpose: str) -> Graph:
     network = unwrap(model)
     masked = [name for name, module in network.named_modules() if isinstance(module, MaskedConv)]
     if masked:
         raise ValueError(
-            f"coupled masks are chosen on the network before it is masked, but '{masked[0]}' has a mask already"
+            f"{purpose} are chosen on the network before it is masked, but '{masked[0]}' has a mask already"
         )
     args = example_input if isinstance(example_input, tuple) else (example_input,)
     training = network.training
@@ -96,9 +141,9 @@ def _traced_flow(model: nn.Module, example_input: torch.Tensor | tuple) -> tuple
     except Exception as error:
         shapes = [tuple(item.shape) for item in args if isinstance(item, torch.Tensor)]
         raise ValueError(
-            f"coupled masks: the network failed on the example input {shapes}; give an input it accepts "
+            f"{purpose}: the network failed on the example input {shapes}; give an input it accepts "
             f"(a training crop, on the network's device): {error}"
         ) from error
     finally:
         network.train(training)
-    return graph, ChannelFlow(graph, strict=False)
+    return graph
