@@ -120,6 +120,25 @@ def test_the_convs_that_compute_the_classes_keep_them(name, classifiers):
         assert conv.out_channels == classes and getattr(conv, "out_width", None) is None, classifier
 
 
+def test_reparameterising_repvgg_after_compression_is_not_exact_and_before_it_is():
+    """What docs/zoo.md tells RepVGG's users: ship the compressed training form, do not fuse it afterwards."""
+    timm = pytest.importorskip("timm", reason="timm is not installed")
+    from timm.utils.model import reparameterize_model
+
+    torch.manual_seed(0)
+    model, x = timm.create_model("repvgg_a0").eval(), torch.randn(2, 3, 96, 96)
+    pruner = acosp.SoftTopKPruner(final_sparsity=0.75, min_remaining_elements=1, coupled_masks=True)
+    model = acosp.soft_to_hard_k(pruner.configure_model(model, x)).eval()
+    with torch.no_grad():
+        expected = model(x)
+        compressed = acosp.compress.compress(model, x)
+        assert acosp.compress.relative_error(expected, compressed(x)) < 1e-5
+        fused_after = reparameterize_model(compressed)
+        assert acosp.compress.relative_error(expected, fused_after(x)) > 1e-3  # the border corrections are gone
+        fused_before = reparameterize_model(acosp.hard_to_conv(model))
+        assert acosp.compress.relative_error(expected, fused_before(x)) < 1e-5
+
+
 @pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on the CPU needs a C++ compiler")
 def test_speed_times_both_networks_compiled_too():
     row = try_network(TORCHVISION["mobilenet_v3_small"], 0.75, True, 96, speed_size=64, compiled=True)
