@@ -35,6 +35,40 @@ def test_sums_and_products_couple_convs_and_concatenations_do_not():
     assert sorted(map(sorted, groups)) == [["gate", "value"], ["left", "right"]]
 
 
+class GhostStream(nn.Module):
+    """GhostNet's modules: a conv and a depthwise conv of it, concatenated. One starts the stream, two
+    more add to it."""
+
+    def __init__(self):
+        super().__init__()
+        self.primary0, self.cheap0 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.primary1, self.cheap1 = nn.Conv2d(16, 8, 1), nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.primary2, self.cheap2 = nn.Conv2d(16, 8, 1), nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.head = nn.Conv2d(16, 2, 1)
+
+    def forward(self, x):
+        for number, (primary, cheap) in enumerate(
+            ((self.primary0, self.cheap0), (self.primary1, self.cheap1), (self.primary2, self.cheap2))
+        ):
+            y = primary(x)
+            y = torch.cat([y, cheap(y)], 1)
+            x = y if number == 0 else x + y
+        return self.head(x)
+
+
+def test_convs_at_the_same_place_of_concatenations_summed_into_one_stream_share_a_mask():
+    """Channel j < 8 of the stream is channel j of every module's first conv, and of its depthwise conv."""
+    x = torch.randn(2, 3, 8, 8)
+    names = ["primary0", "cheap0", "primary1", "cheap1", "primary2", "cheap2"]
+    assert coupled_groups(GhostStream(), x) == [names]
+    torch.manual_seed(0)
+    pruner = SoftTopKPruner(final_sparsity=0.75, min_remaining_elements=1, coupled_masks=True)
+    model = soft_to_hard_k(pruner.configure_model(GhostStream(), x)).eval()
+    small = compress(model, x)
+    assert relative_error(model(x), small(x)) < 1e-5
+    assert small.head.in_channels == 4  # 2 of 8 in each half of the stream, as the shared mask keeps
+
+
 @pytest.mark.parametrize(
     "arch, size, expected",
     [

@@ -29,9 +29,10 @@ def coupled_groups(model: nn.Module, example_input: torch.Tensor | tuple) -> lis
     """Names of the prunable convs whose outputs are combined channel by channel, one list per group.
 
     Found by running the (unmasked) network once on ``example_input`` in eval mode and following
-    the channels through the operations that keep them; concatenations place channels side by side
-    and tie nothing. Only groups of two or more convs are listed, in the order the forward pass
-    first calls them.
+    the channels through the operations that keep them. Concatenations place channels side by side:
+    convs are tied through them only where every channel of one is a channel of the other (the same
+    place in concatenations summed into one stream). Only groups of two or more convs are listed, in
+    the order the forward pass first calls them.
     """
     return mask_constraints(model, example_input)[0]
 
@@ -52,24 +53,32 @@ def mask_constraints(model: nn.Module, example_input: torch.Tensor | tuple) -> t
     """``(coupled_groups, balanced_groups)`` from one run of the network."""
     graph = _traced(model, example_input, "coupled masks")
     flow = ChannelFlow(graph, strict=False)
-    parent: dict[int, int] = {}
-
-    def root(index: int) -> int:
-        while parent.get(index, index) != index:
-            parent[index] = parent.get(parent[index], parent[index])  # halve the path
-            index = parent[index]
-        return index
-
+    tensors = _Sets()  # tensors that are one another, channel by channel
+    partial = []
     for link in flow.links:
         same = link.a.channels == link.b.channels == link.a_index.numel()
         if same and torch.equal(link.a_index, link.b_index):
-            parent[root(link.a.index)] = root(link.b.index)
+            tensors.union(link.a.index, link.b.index)
+        else:
+            partial.append(link)  # a concatenation's parts, a chunk, a shuffle: some channels each
+    channels = _Sets()  # (tensor, channel) pairs that one channel of a sum or product ties together
+    for link in partial:
+        a, b = tensors.find(link.a.index), tensors.find(link.b.index)
+        for i, j in zip(link.a_index.tolist(), link.b_index.tolist()):
+            channels.union((a, i), (b, j))
 
-    groups: dict[int, list[str]] = {}
+    def ties(value) -> tuple:
+        """What each channel of ``value`` is tied to. Convs whose outputs have the same ties keep or drop
+        their channels together: one mask serves them (GhostNet's blocks add a concatenation of two
+        convs to their stream, so the convs at one place of each block's concatenation are tied)."""
+        base = tensors.find(value.index)
+        return tuple(channels.find((base, channel)) for channel in range(value.channels))
+
+    groups: dict[tuple, list[str]] = {}
     for node in graph.nodes:
         if node.kind != "module" or not is_prunable(node.target):
             continue
-        members = groups.setdefault(root(node.outputs[0].index), [])
+        members = groups.setdefault(ties(node.outputs[0]), [])
         if node.name not in members:  # the layer's name in the network, as the trace recorded it
             members.append(node.name)
     balanced: dict[str, int] = {}
@@ -77,9 +86,26 @@ def mask_constraints(model: nn.Module, example_input: torch.Tensor | tuple) -> t
         for value in (source, output):
             if value.channels == count:  # one channel per group: groups that keep none just vanish
                 continue
-            for name in groups.get(root(value.index), []):
+            for name in groups.get(ties(value), []):
                 balanced[name] = math.lcm(balanced.get(name, 1), count)
     return [members for members in groups.values() if len(members) > 1], balanced
+
+
+class _Sets:
+    """Disjoint sets of hashable items (union-find)."""
+
+    def __init__(self):
+        self.parent: dict = {}
+
+    def find(self, item):
+        parent = self.parent
+        while parent.get(item, item) != item:
+            parent[item] = parent.get(parent[item], parent[item])  # halve the path
+            item = parent[item]
+        return item
+
+    def union(self, a, b) -> None:
+        self.parent[self.find(a)] = self.find(b)
 
 
 def output_convs(model: nn.Module, example_input: torch.Tensor | tuple) -> list[str]:
