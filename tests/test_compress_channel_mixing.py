@@ -65,6 +65,36 @@ class FunctionalNorm(nn.Module):
         return nn.functional.batch_norm(x, self.mean, self.var, training=False)
 
 
+class BlurPool(nn.Module):
+    """timm's anti-aliasing: a fixed blur of every channel, called as F.conv2d with a filter it holds."""
+
+    def __init__(self, channels=16):
+        super().__init__()
+        blur = torch.tensor([1.0, 2.0, 1.0])
+        self.register_buffer("filt", (blur[:, None] * blur[None, :] / 16).expand(channels, 1, 3, 3).clone())
+
+    def forward(self, x):
+        return nn.functional.conv2d(nn.functional.pad(x, (1, 1, 1, 1), mode="reflect"), self.filt, groups=16)
+
+
+class SamePaddedConv(nn.Conv2d):
+    """timm's Conv2dSame: TensorFlow's 'same' padding, computed from the input's size in its own forward."""
+
+    def forward(self, x):
+        pad = [max((-(-size // 2) - 1) * 2 + 3 - size, 0) for size in x.shape[-2:]]
+        x = nn.functional.pad(x, (pad[1] // 2, pad[1] - pad[1] // 2, pad[0] // 2, pad[0] - pad[0] // 2))
+        return nn.functional.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class SelectiveKernel(nn.Module):
+    """SK-ResNet's attention over two branches, stacked in a new dimension before the channels."""
+
+    def forward(self, x):
+        branches = torch.stack([x, torch.tanh(x)], dim=1)
+        attention = torch.softmax(branches.mean((3, 4), keepdim=True), dim=1)
+        return (branches * attention).sum(1)
+
+
 def masked(middle):
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -89,7 +119,11 @@ def masked(middle):
         (EfficientChannelAttention(), "'view' (called in 3) reshapes (2, 16) to (2, 1, 16)"),
         (GlobalResponseNorm(), "'mean' (called in 3) reduces over channels or samples"),
         (FunctionalNorm(), "'group_norm' (called in 3) normalises with statistics or parameters of every channel"),
+        (BlurPool(), "'conv2d' (called in 3) computes with weights of every channel"),
+        (SamePaddedConv(16, 16, 3, stride=2), "'conv2d' (called in 3.0) computes with weights of every channel"),
+        (SelectiveKernel(), "'stack' (called in 3) stacks tensors in a new dimension before the channels"),
     ],
+    ids=["channels-last-norm", "eca", "grn", "functional-norm", "blur-pool", "same-padded-conv", "selective-kernel"],
 )
 def test_channel_mixing_keeps_its_input_whole_and_compression_exact(middle, reason):
     model = masked(middle)
@@ -98,6 +132,19 @@ def test_channel_mixing_keeps_its_input_whole_and_compression_exact(middle, reas
     assert relative_error(model(x), compressed(x)) < 1e-5
     assert reason in compression_report(compressed)
     assert compressed[4].out_channels == 8  # the conv after the mixing narrows all the same
+
+
+def test_tensors_stacked_in_a_dimension_after_the_channels_keep_them_apart():
+    class Stacked(nn.Module):
+        def forward(self, x):
+            return torch.stack([x, torch.sigmoid(x)], dim=2).amax(2)
+
+    model = masked(Stacked())
+    x = torch.randn(2, 3, 8, 8)
+    compressed = compress(model, x)
+    assert relative_error(model(x), compressed(x)) < 1e-5
+    assert "stack" not in compression_report(compressed)
+    assert compressed[4].out_channels == 8  # the conv after it narrows
 
 
 class SplitBySize(nn.Module):

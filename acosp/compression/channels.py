@@ -68,6 +68,10 @@ CHANNEL_DIM_ARGUMENT = {"softmax": 1, "log_softmax": 1, "softmin": 1, "normalize
 # parameters are tensors of every channel that no rebuilt layer narrows (and group and layer norms mix
 # the channels), so what they read keeps its full width.
 FUNCTIONAL_NORMS = {"batch_norm", "instance_norm", "group_norm", "layer_norm", "local_response_norm"}
+# Convolutions and linear maps called as functions in a layer's own forward (timm's Conv2dSame pads its
+# input first; BlurPool blurs with a filter it holds): no rebuilt layer narrows their weights, so what
+# they read keeps its full width and every channel they compute is live.
+FUNCTIONAL_LAYERS = _names("conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d linear bilinear")
 
 
 def base_name(name: str) -> str:
@@ -250,6 +254,13 @@ class ChannelFlow:
             self._pad(node)
         elif name in FUNCTIONAL_NORMS:
             self._needs_full(node, "normalises with statistics or parameters of every channel")
+        elif name in FUNCTIONAL_LAYERS:
+            self._needs_full(node, "computes with weights of every channel")
+        elif name == "stack":
+            if _normalized(node.argument(1, "dim", 0), len(node.outputs[0].shape)) >= 2:
+                self._concatenation(node)  # the channels stay in dimension 1: side by side along another
+            else:
+                self._needs_full(node, "stacks tensors in a new dimension before the channels")
         elif name in CHANNEL_DIM_ARGUMENT:
             dim = node.argument(CHANNEL_DIM_ARGUMENT[name], "dim", None)
             if dim is not None and _normalized(dim, len(first.shape)) >= 2:
