@@ -61,6 +61,8 @@ def test_what_compression_keeps_whole_is_named_with_its_layer(name, where):
 TIMM_EXACT = ["resnet18", "efficientnet_b0", "regnety_002", "cspresnet50", "ghostnet_100", "nf_resnet26"]
 # Split attention (ResNeSt), ECA's 1-D conv across channels, ConvNeXt-V2's GRN: exact, their inputs whole.
 TIMM_EXACT += ["resnest14d", "ecaresnet26t", "convnextv2_atto"]
+# Convs called as functions in a layer's own forward (TensorFlow's 'same' padding, BlurPool), SK's stack.
+TIMM_EXACT += ["tf_efficientnet_lite0", "resnetblur18", "skresnet18"]
 
 
 @pytest.mark.parametrize("name", TIMM_EXACT)
