@@ -100,6 +100,19 @@ class MaskedConv(nn.Sequential):
             )
         return conv._conv_forward(x, weight, bias)
 
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name not in _CONV_ATTRIBUTES:
+                raise
+        # No 'weight' of its own, so that module walks count each conv once (hasattr stays False).
+        raise AttributeError(
+            f"'MaskedConv' object has no attribute '{name}': a masked conv keeps its conv in '.conv' "
+            f"(read '.conv.{name}'); where a network reads '{name}' of one of its convs, mark that conv "
+            "with acosp.unprunable(conv) before configure_model"
+        )
+
     @property
     def conv(self) -> nn.Module:
         return self[0]
@@ -107,6 +120,12 @@ class MaskedConv(nn.Sequential):
     @property
     def mask_layer(self) -> nn.Module:
         return self[1]
+
+
+_CONV_ATTRIBUTES = frozenset(
+    ("weight", "bias", "in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups")
+    + ("padding_mode", "output_padding", "transposed")
+)
 
 
 def _output_is_smaller_than_weight(conv: nn.Module, x: torch.Tensor) -> bool:

@@ -308,3 +308,7 @@ def test_masked_conv_does_not_pose_as_its_conv():
     with_weight = [name for name, module in model.named_modules() if hasattr(module, "weight")]
     assert "features.3" not in with_weight and "features.3.0" in with_weight
     assert model.features[3].conv.out_channels == 32
+    with pytest.raises(AttributeError, match=r"read '.conv.weight'.*acosp.unprunable\(conv\)"):
+        model.features[3].weight  # noqa: B018 - EdgeNeXt reads its projection conv's weight.device: the error says what to do
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_attribute'$"):
+        model.features[3].no_such_attribute  # noqa: B018
