@@ -317,6 +317,36 @@ def test_spec_round_trip_through_a_weights_only_checkpoint():
     assert compression_spec(rebuilt) == spec
 
 
+class VolumeGain(nn.Module):
+    """A layer holding a 5-D parameter (a Conv3d's filters, say), which channels-last cannot hold."""
+
+    def __init__(self):
+        super().__init__()
+        self.gain = nn.Parameter(torch.full((1, 1, 1, 1, 1), 2.0))
+
+    def forward(self, x):
+        return x * self.gain[0]
+
+
+def volume_network():
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), VolumeGain(), nn.Conv2d(8, 4, 3, padding=1))
+
+
+def test_a_network_with_five_dimensional_parameters_is_compressed_channels_last():
+    torch.manual_seed(0)
+    model = volume_network()
+    SoftTopKPruner(final_sparsity=0.5, min_remaining_elements=1).configure_model(model)
+    model = soft_to_hard_k(model).eval()
+    x = torch.randn(2, 3, 8, 8)
+    compressed = compress(model, x, channels_last=True)
+    assert compressed[0].weight.is_contiguous(memory_format=torch.channels_last) and compressed[2].gain.dim() == 5
+    assert relative_error(model(x), compressed(x)) < 1e-5
+    rebuilt = apply_compression_spec(volume_network(), compression_spec(compressed))
+    rebuilt.load_state_dict(compressed.state_dict())
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), compressed(x))
+
+
 def test_layers_the_eval_pass_does_not_use_are_removed():
     model, size = hard_masked("pyramid", 0.5)
     compressed = compress(model, torch.randn(2, 3, size, size))

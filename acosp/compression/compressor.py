@@ -26,7 +26,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from acosp.compression.channels import UNPOOLING, ChannelFlow, is_channelwise_norm, is_step
-from acosp.compression.layers import RemovedLayer
+from acosp.compression.layers import RemovedLayer, to_memory_format
 from acosp.compression.spec import SPEC_FORMAT, SPEC_VERSION, build_layer
 from acosp.compression.trace import Graph, Node, Value, tensors_in, trace
 from acosp.inject import MaskedConv, is_depthwise, output_channel_weight, unwrap
@@ -80,7 +80,7 @@ def compress(
     output = None
     channels_last = bool(channels_last or try_channels_last)
     if channels_last:
-        compressed.to(memory_format=torch.channels_last)
+        to_memory_format(compressed, torch.channels_last)
     if try_channels_last or check:
         output, channels_last = _first_run(compressed, args, channels_last, fall_back=try_channels_last)
     spec["channels_last"] = bool(channels_last)
@@ -196,7 +196,7 @@ def _first_run(compressed: nn.Module, args: tuple, channels_last: bool, fall_bac
         except RuntimeError as error:
             if not (fall_back and channels_last):
                 raise
-            compressed.to(memory_format=torch.contiguous_format)
+            to_memory_format(compressed, torch.contiguous_format)
             warnings.warn(
                 f"the compressed network stays in contiguous memory format: its forward fails on channels-last "
                 f"tensors ({str(error).splitlines()[0]}); compress(..., channels_last=False) says so without trying",

@@ -150,6 +150,15 @@ def _memory_format(tensor: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def to_memory_format(network: nn.Module, memory_format: torch.memory_format) -> nn.Module:
+    """``network`` (in place) with its 4-D parameters and buffers in ``memory_format``.
+
+    ``Module.to(memory_format=...)`` converts 5-D tensors too, and channels-last cannot hold them
+    (the Conv3d of LambdaNet's position lambdas); they stay as they are.
+    """
+    return network._apply(lambda t: t.contiguous(memory_format=memory_format) if t.dim() == 4 else t)
+
+
 class _CompressedConv(nn.Module):
     """A plain conv (``self.conv``) and what compression adds around it: the border correction for
     constant input channels, and the wider output its channels are written into.

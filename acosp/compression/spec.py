@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from acosp.compression.layers import CompressedConv2d, CompressedConvTranspose2d, RemovedLayer
+from acosp.compression.layers import CompressedConv2d, CompressedConvTranspose2d, RemovedLayer, to_memory_format
 from acosp.inject import MaskedConv, unwrap
 
 SPEC_FORMAT = "acosp.compression"
@@ -66,7 +66,7 @@ def apply_compression_spec(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
             layer.to(device=reference.device, dtype=reference.dtype if reference.is_floating_point() else None)
         set_module(network, name, layer)
     if spec.get("channels_last"):
-        network.to(memory_format=torch.channels_last)
+        to_memory_format(network, torch.channels_last)
     network._acosp_compression_spec = copy.deepcopy(spec)
     return model
 
