@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from acosp.compression.channels import UNPOOLING, ChannelFlow, is_step
+from acosp.compression.channels import FUNCTIONAL_LAYERS, UNPOOLING, ChannelFlow, is_step
 from acosp.compression.trace import Graph, trace
 from acosp.inject import MaskedConv, is_prunable, unwrap
 
@@ -129,7 +129,7 @@ def output_convs(model: nn.Module, example_input: torch.Tensor | tuple) -> list[
         seen.add(node.index)
         if node.kind == "module":
             layer, name = node.target, node.name
-        elif node.name in _WEIGHTED_FUNCTIONS:  # in a layer's own forward (a weight-standardised conv's)
+        elif node.name in FUNCTIONAL_LAYERS:  # in a layer's own forward (a weight-standardised conv's)
             layer, name = _layer(network, node.scope), node.scope
         else:
             pending.extend(node.inputs)
@@ -148,7 +148,6 @@ def _layer(network: nn.Module, name: str) -> nn.Module | None:
         return None
 
 
-_WEIGHTED_FUNCTIONS = frozenset(("conv1d", "conv2d", "conv3d", "conv_transpose2d", "linear", "bilinear"))
 _WEIGHTED_LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.Bilinear)
 
 
