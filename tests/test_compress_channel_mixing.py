@@ -77,15 +77,6 @@ class BlurPool(nn.Module):
         return nn.functional.conv2d(nn.functional.pad(x, (1, 1, 1, 1), mode="reflect"), self.filt, groups=16)
 
 
-class SamePaddedConv(nn.Conv2d):
-    """timm's Conv2dSame: TensorFlow's 'same' padding, computed from the input's size in its own forward."""
-
-    def forward(self, x):
-        pad = [max((-(-size // 2) - 1) * 2 + 3 - size, 0) for size in x.shape[-2:]]
-        x = nn.functional.pad(x, (pad[1] // 2, pad[1] - pad[1] // 2, pad[0] // 2, pad[0] - pad[0] // 2))
-        return nn.functional.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
-
-
 class SelectiveKernel(nn.Module):
     """SK-ResNet's attention over two branches, stacked in a new dimension before the channels."""
 
@@ -120,10 +111,9 @@ def masked(middle):
         (GlobalResponseNorm(), "'mean' (called in 3) reduces over channels or samples"),
         (FunctionalNorm(), "'group_norm' (called in 3) normalises with statistics or parameters of every channel"),
         (BlurPool(), "'conv2d' (called in 3) computes with weights of every channel"),
-        (SamePaddedConv(16, 16, 3, stride=2), "'conv2d' (called in 3.0) computes with weights of every channel"),
         (SelectiveKernel(), "'stack' (called in 3) stacks tensors in a new dimension before the channels"),
     ],
-    ids=["channels-last-norm", "eca", "grn", "functional-norm", "blur-pool", "same-padded-conv", "selective-kernel"],
+    ids=["channels-last-norm", "eca", "grn", "functional-norm", "blur-pool", "selective-kernel"],
 )
 def test_channel_mixing_keeps_its_input_whole_and_compression_exact(middle, reason):
     model = masked(middle)

@@ -1,11 +1,16 @@
 """Layers other libraries write: a BatchNorm subclass with its own forward (timm's BatchNormAct2d), a Linear
-subclass that casts its weight (timm's Linear). Compression narrows them in place and keeps their forward."""
+subclass that casts its weight (timm's Linear), convs that compute their filters or pad as TensorFlow does.
+Compression narrows them and keeps what they compute."""
 
+import math
+
+import pytest
 import torch
 from torch import nn
 
 import acosp.inject
-from acosp.compress import apply_compression_spec, compress, compression_spec, model_statistics
+from acosp.compress import apply_compression_spec, compress, compression_spec, coupled_groups, model_statistics
+from acosp.compression.layers import CompressedConv2d, SamePaddedConv2d
 from acosp.pruner import SoftTopKPruner
 
 
@@ -93,3 +98,74 @@ def test_convs_that_compute_their_filters_are_compressed_with_the_filters_they_c
     rebuilt = apply_compression_spec(standardised(), compression_spec(small))
     rebuilt.load_state_dict(small.state_dict())
     assert torch.allclose(rebuilt.eval()(x), small(x), atol=1e-6)
+
+
+class TensorFlowSameConv(nn.Conv2d):
+    """A conv that pads as TensorFlow's 'same' does, from the size of each input, then convolves unpadded: the
+    strided convs of timm's ``tf_`` EfficientNets (its ``Conv2dSame``). A strided conv pads by the parity of the
+    size, so no fixed padding computes it at every size."""
+
+    def forward(self, x):
+        padding = []
+        for axis in (1, 0):  # F.pad takes the last dimension first
+            size, stride = x.shape[2 + axis], self.stride[axis]
+            reach = (self.kernel_size[axis] - 1) * self.dilation[axis] + 1
+            total = max((math.ceil(size / stride) - 1) * stride + reach - size, 0)
+            padding += [total // 2, total - total // 2]
+        return nn.functional.conv2d(nn.functional.pad(x, padding), self.weight, self.bias, self.stride, 0,
+                                    self.dilation, self.groups)  # fmt: skip
+
+
+def tensorflow_network():
+    return nn.Sequential(
+        TensorFlowSameConv(3, 16, 3, stride=2),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        TensorFlowSameConv(16, 16, 5, stride=2, groups=16),  # depthwise, as in the EfficientNets
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        TensorFlowSameConv(16, 24, 3, stride=2, dilation=(1, 2)),  # reads the pruned channels' constants
+        nn.BatchNorm2d(24),
+        nn.ReLU(),
+        nn.Conv2d(24, 4, 1),
+    )
+
+
+def test_convs_with_tensorflow_same_padding_narrow_and_stay_exact_at_every_size():
+    torch.manual_seed(0)
+    model = randomized(tensorflow_network())
+    pruner = SoftTopKPruner(final_sparsity=0.5, min_remaining_elements=1)
+    model = acosp.inject.soft_to_hard_k(pruner.configure_model(model)).eval()
+    small = compress(model, torch.randn(2, 3, 20, 20))
+    convs = [m for m in small.modules() if isinstance(m, SamePaddedConv2d)]
+    first, depthwise, last = ((c.in_channels, c.out_channels, c.groups) for c in convs)
+    assert first == (3, 8, 1) and last[1:] == (12, 1)
+    assert depthwise[0] == depthwise[1] == depthwise[2] == last[0] < 16  # the union of two masks, halves of 16
+    assert isinstance(small[6], CompressedConv2d) and small[6].constant_input  # the constants fold, borders too
+    for size in [(20, 20), (21, 23), (17, 18), (33, 30)]:  # odd and even: the padding differs
+        x = torch.randn(2, 3, *size)
+        assert torch.allclose(small(x), model(x), atol=1e-5), size
+    x = torch.randn(2, 3, 20, 20)
+    assert model_statistics(small, x)["macs"] < model_statistics(model, x, as_compressed=False)["macs"] / 2
+    rebuilt = apply_compression_spec(tensorflow_network(), compression_spec(small))
+    rebuilt.load_state_dict(small.state_dict())
+    x = torch.randn(2, 3, 19, 22)
+    assert torch.allclose(rebuilt.eval()(x), small(x), atol=1e-6)
+
+
+def test_a_same_padded_conv_refuses_a_padding_of_its_own():
+    with pytest.raises(ValueError, match="padding must be 0"):
+        SamePaddedConv2d(3, 8, 3, padding=1)
+
+
+def test_coupled_masks_tie_the_depthwise_conv_that_pads_as_tensorflow_does_to_the_conv_it_reads():
+    """Channel c of a depthwise conv is computed from channel c alone: one mask serves both convs, so the depthwise
+    conv keeps the channels it reads (it kept the union of two masks when its own forward hid the conv)."""
+    x = torch.randn(2, 3, 20, 20)
+    assert coupled_groups(tensorflow_network(), x) == [["0", "3"]]
+    torch.manual_seed(0)
+    pruner = SoftTopKPruner(final_sparsity=0.5, min_remaining_elements=1, coupled_masks=True)
+    model = acosp.inject.soft_to_hard_k(pruner.configure_model(randomized(tensorflow_network()), x)).eval()
+    small = compress(model, x)
+    assert [m.out_channels for m in small.modules() if isinstance(m, SamePaddedConv2d)] == [8, 8, 12]
+    assert torch.allclose(small(x), model(x), atol=1e-5)

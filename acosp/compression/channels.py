@@ -18,12 +18,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from acosp.compression.layers import SamePaddedConv2d
 from acosp.compression.trace import Graph, Node, Ref, Value, leaves
 from acosp.inject import MaskedConv, is_depthwise
 from acosp.masks import ChannelMask
 
 _BATCH_NORM_FORWARD = nn.modules.batchnorm._BatchNorm.forward
-_STEP_FORWARDS = (nn.Conv2d.forward, nn.ConvTranspose2d.forward, nn.Linear.forward, _BATCH_NORM_FORWARD)
+_CONV_FORWARDS = (nn.Conv2d.forward, nn.ConvTranspose2d.forward, SamePaddedConv2d.forward)
+_STEP_FORWARDS = (*_CONV_FORWARDS, nn.Linear.forward, _BATCH_NORM_FORWARD)
 
 
 def _names(text: str) -> set[str]:
@@ -93,7 +95,7 @@ def is_step(module: nn.Module) -> bool:
     ``compress``'s check on the example input verifies that for each network.
     """
     if isinstance(module, MaskedConv):
-        return type(module.conv).forward in (nn.Conv2d.forward, nn.ConvTranspose2d.forward)
+        return type(module.conv).forward in _CONV_FORWARDS
     if isinstance(module, nn.Linear) and module.weight.dim() == 2:  # subclasses that only cast (timm's Linear)
         return True
     return type(module).forward in _STEP_FORWARDS or is_channelwise_norm(module)

@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from acosp.compression.channels import UNPOOLING, ChannelFlow, is_channelwise_norm, is_step
-from acosp.compression.layers import RemovedLayer, to_memory_format
+from acosp.compression.frozen import with_frozen_filters
+from acosp.compression.layers import RemovedLayer, SamePaddedConv2d, to_memory_format
 from acosp.compression.spec import SPEC_FORMAT, SPEC_VERSION, build_layer
 from acosp.compression.trace import Graph, Node, Value, tensors_in, trace
 from acosp.inject import MaskedConv, is_depthwise, output_channel_weight, unwrap
@@ -112,76 +112,6 @@ def compress(
             )
     compressed._acosp_compression_spec = spec
     return compressed
-
-
-class _Conv2dCalls(TorchFunctionMode):
-    """Records the arguments of every 2-D convolution called inside it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[tuple] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in (torch.nn.functional.conv2d, torch.conv2d):
-            self.calls.append((args, kwargs))
-        return func(*args, **kwargs)
-
-
-def _frozen(conv: nn.Conv2d) -> nn.Conv2d | None:
-    """A plain Conv2d with the filters ``conv`` computes in its own forward (weight standardisation, a
-    gain), in eval mode; None when its forward does more than one convolution of its own input."""
-    kernel = conv.kernel_size
-    x = torch.randn(2, conv.in_channels, 2 * kernel[0] + 3, 2 * kernel[1] + 3, dtype=conv.weight.dtype)
-    x = x.to(conv.weight.device)
-    recorder = _Conv2dCalls()
-    with torch.no_grad(), recorder:
-        expected = conv(x)
-    if len(recorder.calls) != 1:
-        return None
-    call_args, call_kwargs = recorder.calls[0]
-    names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-    bound = {**dict(zip(names, call_args)), **call_kwargs}
-    if bound.get("input") is not x or not isinstance(bound.get("weight"), torch.Tensor):
-        return None  # it changed the input first (padding of its own): not a plain conv
-    weight, bias = bound["weight"].detach(), bound.get("bias")
-    plain = nn.Conv2d(
-        conv.in_channels,
-        conv.out_channels,
-        tuple(weight.shape[2:]),
-        stride=bound.get("stride", 1),
-        padding=bound.get("padding", 0),
-        dilation=bound.get("dilation", 1),
-        groups=bound.get("groups", 1),
-        bias=bias is not None,
-    ).to(device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
-        plain.weight.copy_(weight)
-        if bias is not None:
-            plain.bias.copy_(bias.detach())
-        if not torch.allclose(plain(x), expected, rtol=1e-4, atol=1e-5):
-            return None
-    if getattr(conv, "unprunable", False):
-        plain.unprunable = True
-    return plain
-
-
-def with_frozen_filters(network: nn.Module) -> nn.Module:
-    """``network``, or a copy of it in which every masked Conv2d subclass that computes its filters in its
-    own forward (timm's weight-standardised ``StdConv2d``) is a plain Conv2d holding those filters.
-
-    Compression can then narrow them like any conv. In eval mode the filters are fixed, so the
-    function is the same; the compressed network stores them as computed.
-    """
-    frozen = {}
-    for module in network.modules():
-        if isinstance(module, MaskedConv):
-            conv = module.conv
-            if isinstance(conv, nn.Conv2d) and type(conv).forward is not nn.Conv2d.forward:
-                plain = _frozen(conv)
-                if plain is not None:
-                    frozen[id(conv)] = plain
-    return copy.deepcopy(network, memo=dict(frozen)) if frozen else network
 
 
 def _first_run(compressed: nn.Module, args: tuple, channels_last: bool, fall_back: bool) -> tuple[Any, bool]:
@@ -480,7 +410,9 @@ def _narrowed_conv(conv: nn.Module, kept: torch.Tensor, call: Node, flow: Channe
     new_bias = None if bias is None else bias[computed].double()
     constant_input = False
     if has_constant:
-        padded = conv.padding != "valid" and (isinstance(conv.padding, str) or any(conv.padding))
+        padded = isinstance(conv, SamePaddedConv2d) or (
+            conv.padding != "valid" and (isinstance(conv.padding, str) or any(conv.padding))
+        )
         if transposed:
             constant_input = True  # a periodic map, added whole
         else:
@@ -580,6 +512,8 @@ def _conv_entry(
     }
     if transposed:
         entry["output_padding"] = list(conv.output_padding)
+    if isinstance(conv, SamePaddedConv2d):
+        entry["same_padding"] = True
     if special:
         entry["out_width"] = out_width
         entry["constant_input"] = constant_input

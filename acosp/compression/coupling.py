@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from acosp.compression.channels import FUNCTIONAL_LAYERS, UNPOOLING, ChannelFlow, is_step
+from acosp.compression.frozen import has_conv_forward
 from acosp.compression.trace import Graph, trace
 from acosp.inject import MaskedConv, is_prunable, unwrap
 
@@ -161,8 +162,12 @@ def _traced(model: nn.Module, example_input: torch.Tensor | tuple, purpose: str)
     args = example_input if isinstance(example_input, tuple) else (example_input,)
     training = network.training
     network.eval()
+    # Convs that pad or compute their filters in their own forward are one layer here, as in compression.
+    conv_like = {id(module) for module in network.modules() if has_conv_forward(module)}
     try:
-        graph = trace(network, args, is_step, snapshot_functions=UNPOOLING)
+        graph = trace(
+            network, args, lambda module: is_step(module) or id(module) in conv_like, snapshot_functions=UNPOOLING
+        )
     except Exception as error:
         shapes = [tuple(item.shape) for item in args if isinstance(item, torch.Tensor)]
         raise ValueError(

@@ -58,7 +58,9 @@ def border_terms(
     right between them), each with a tensor that broadcasts over the batch.
     """
     kernel_h, kernel_w = conv.kernel_size
-    if isinstance(conv.padding, str):  # 'same': the smaller half of the padding comes first
+    if isinstance(conv, SamePaddedConv2d):
+        pad_h, _, pad_w, _ = conv.same_padding(input_size)
+    elif isinstance(conv.padding, str):  # 'same': the smaller half of the padding comes first
         pad_h = conv.dilation[0] * (kernel_h - 1) // 2
         pad_w = conv.dilation[1] * (kernel_w - 1) // 2
     else:
@@ -159,6 +161,41 @@ def to_memory_format(network: nn.Module, memory_format: torch.memory_format) -> 
     return network._apply(lambda t: t.contiguous(memory_format=memory_format) if t.dim() == 4 else t)
 
 
+def tensorflow_same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """TensorFlow's 'same' padding along one axis: ``ceil(size / stride)`` outputs, the smaller half first."""
+    total = max((-(-size // stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+class SamePaddedConv2d(nn.Conv2d):
+    """A conv with TensorFlow's 'same' padding, which depends on the size of each input (for a strided
+    conv, on its parity): compression narrows timm's ``Conv2dSame`` (the strided convs of the ``tf_``
+    EfficientNets) into one of these, since ``nn.Conv2d`` pads the same amount at every size.
+
+    The padding of the constructor must be 0: the layer pads by itself.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.padding != (0, 0) or self.padding_mode != "zeros":
+            raise ValueError(
+                f"SamePaddedConv2d pads by itself (TensorFlow's 'same', with zeros): padding must be 0 and "
+                f"padding_mode 'zeros', not {self.padding!r} and {self.padding_mode!r}"
+            )
+
+    def same_padding(self, input_size: tuple[int, int]) -> tuple[int, int, int, int]:
+        """``(top, bottom, left, right)`` for an input of ``input_size`` (height, width)."""
+        rows = tensorflow_same_padding(input_size[0], self.kernel_size[0], self.stride[0], self.dilation[0])
+        cols = tensorflow_same_padding(input_size[1], self.kernel_size[1], self.stride[1], self.dilation[1])
+        return (*rows, *cols)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top, bottom, left, right = self.same_padding(tuple(x.shape[-2:]))
+        if top or bottom or left or right:
+            x = F.pad(x, (left, right, top, bottom))
+        return self._conv_forward(x, self.weight, self.bias)
+
+
 class _CompressedConv(nn.Module):
     """A plain conv (``self.conv``) and what compression adds around it: the border correction for
     constant input channels, and the wider output its channels are written into.
@@ -178,10 +215,11 @@ class _CompressedConv(nn.Module):
         constant_input: bool = False,
         filled: bool = False,
         in_width: int | None = None,
+        same_padding: bool = False,
         **kwargs,
     ):
         super().__init__()
-        self.conv = self.conv_type(*args, **kwargs)
+        self.conv = (SamePaddedConv2d if same_padding else self.conv_type)(*args, **kwargs)
         self.conv.unprunable = True
         self.out_width = out_width
         self.constant_input = constant_input

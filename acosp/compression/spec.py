@@ -13,7 +13,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from acosp.compression.layers import CompressedConv2d, CompressedConvTranspose2d, RemovedLayer, to_memory_format
+from acosp.compression.layers import (
+    CompressedConv2d,
+    CompressedConvTranspose2d,
+    RemovedLayer,
+    SamePaddedConv2d,
+    to_memory_format,
+)
 from acosp.inject import MaskedConv, unwrap
 
 SPEC_FORMAT = "acosp.compression"
@@ -147,12 +153,16 @@ def build_layer(entry: dict[str, Any], name: str) -> nn.Module:
         "filled": entry.get("filled", False),
         "in_width": entry.get("in_width"),
     }
+    same_padding = bool(entry.get("same_padding", False))  # TensorFlow's, from each input's size
+    if same_padding and kind not in ("Conv2d", "CompressedConv2d"):
+        raise ValueError(f"layer '{name}' of type '{kind}' cannot have 'same_padding' in the compression spec")
     if kind in ("Conv2d", "ConvTranspose2d"):
-        layer = getattr(nn, kind)(**arguments)  # the standard type, so that other tools count it
+        layer_type = SamePaddedConv2d if same_padding else getattr(nn, kind)
+        layer = layer_type(**arguments)  # the standard type where it can be, so that other tools count it
         if entry["unprunable"]:
             layer.unprunable = True
     elif kind == "CompressedConv2d":
-        layer = CompressedConv2d(**arguments, **special)
+        layer = CompressedConv2d(**arguments, **special, same_padding=same_padding)
     elif kind == "CompressedConvTranspose2d":
         layer = CompressedConvTranspose2d(**arguments, **special)
     else:
