@@ -70,6 +70,7 @@ TIMM = [
     "eca_nfnet_l0",
     "dm_nfnet_f0",
     "tf_efficientnet_lite0",
+    "tf_efficientnet_b0",
     "rexnet_100",
     "lcnet_050",
     "fbnetc_100",
