@@ -169,3 +169,15 @@ def test_coupled_masks_tie_the_depthwise_conv_that_pads_as_tensorflow_does_to_th
     small = compress(model, x)
     assert [m.out_channels for m in small.modules() if isinstance(m, SamePaddedConv2d)] == [8, 8, 12]
     assert torch.allclose(small(x), model(x), atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # from inside torch.onnx
+def test_a_compressed_network_with_same_padded_convs_exports_to_onnx(tmp_path):
+    from test_compress import onnx_output
+
+    torch.manual_seed(0)
+    pruner = SoftTopKPruner(final_sparsity=0.5, min_remaining_elements=1)
+    model = acosp.inject.soft_to_hard_k(pruner.configure_model(randomized(tensorflow_network()))).eval()
+    x = torch.randn(2, 3, 21, 18)
+    small = compress(model, x)
+    assert torch.allclose(onnx_output(small, x, tmp_path / "same.onnx"), small(x), atol=1e-5)
