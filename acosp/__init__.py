@@ -9,7 +9,7 @@ import importlib
 
 from acosp import inject, masks, stats
 from acosp.inject import UnprunableConv2d, hard_to_conv, soft_to_hard_k, unprunable, unprunable_outputs
-from acosp.masks import ChannelMask, SigmoidSoftTopK, sigmoid_soft_top_k
+from acosp.masks import ChannelMask, GatheredMask, SigmoidSoftTopK, sigmoid_soft_top_k
 from acosp.pruner import SoftTopKPruner
 
 __version__ = "0.1.0"
@@ -18,6 +18,7 @@ _LAZY_MODULES = ("compress", "compression")
 
 __all__ = [
     "ChannelMask",
+    "GatheredMask",
     "SigmoidSoftTopK",
     "SoftTopKPruner",
     "UnprunableConv2d",

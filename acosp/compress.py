@@ -4,12 +4,19 @@
 function; ``compression_spec`` / ``apply_compression_spec`` save and rebuild it; ``model_statistics``
 counts parameters and MACs; ``coupled_groups`` finds the convs that can share one mask and
 ``balanced_groups`` those whose masks should keep channels evenly over a grouped conv's groups;
-``output_convs`` those that compute the network's output channels.
+``gathered_masks`` those whose masks are channels of another group's mask; ``output_convs`` those
+that compute the network's output channels.
 """
 
 from acosp.compression.channels import UnsupportedOperation
 from acosp.compression.compressor import compress, full_float32_precision, relative_error
-from acosp.compression.coupling import balanced_groups, coupled_groups, mask_constraints, output_convs
+from acosp.compression.coupling import (
+    balanced_groups,
+    coupled_groups,
+    gathered_masks,
+    mask_constraints,
+    output_convs,
+)
 from acosp.compression.spec import apply_compression_spec, compression_report, compression_spec
 from acosp.compression.statistics import format_comparison, format_model_statistics, model_statistics
 from acosp.inject import shared_mask_groups
@@ -24,6 +31,7 @@ __all__ = [
     "coupled_groups",
     "format_comparison",
     "format_model_statistics",
+    "gathered_masks",
     "full_float32_precision",
     "mask_constraints",
     "model_statistics",

@@ -8,13 +8,13 @@ the mask layer, so state dict keys read ``<conv>.0.weight``, ``<conv>.1.weight``
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from acosp import mask_bank
-from acosp.masks import ChannelMask, SigmoidSoftTopK, check_round_to, num_kept_channels
+from acosp.masks import ChannelMask, GatheredMask, SigmoidSoftTopK, check_round_to, is_hard, num_kept_channels
 
 PRUNABLE_TYPES = (nn.Conv2d, nn.ConvTranspose2d)
 
@@ -157,6 +157,7 @@ def inject_soft_masks(
     temperature: float = 1.0,
     groups: Iterable[Iterable[str]] = (),
     channel_groups: Mapping[str, int] | None = None,
+    gathered: Mapping[str, tuple[str, Sequence[int]]] | None = None,
 ) -> nn.Module:
     """Wrap every prunable conv of ``model`` (in place) with a ``SigmoidSoftTopK`` mask; returns the model.
 
@@ -165,26 +166,31 @@ def inject_soft_masks(
     ``acosp.compress.coupled_groups``) share one mask: one set of logits, the same kept channels.
     ``channel_groups`` maps a conv's name to the number of equal groups its output channels form
     for a grouped conv (``acosp.compress.balanced_groups``): its mask keeps the same number in
-    each, k rounded up to a multiple of them. A DistributedDataParallel model comes back in a new
-    wrapper, so that it synchronises the logits too.
+    each, k rounded up to a multiple of them. ``gathered`` maps a conv's name to ``(source conv,
+    index)`` (``acosp.compress.gathered_masks``): its mask is a ``GatheredMask``, the source's mask
+    at ``index``. A DistributedDataParallel model comes back in a new wrapper, so that it
+    synchronises the logits too.
     """
     network = unwrap(model)
     group_of = _group_of_conv(network, groups)
     balance = _channel_groups_of_conv(network, channel_groups or {}, group_of)
-    shared: dict[int, SigmoidSoftTopK] = {}
+    gather = _gathered_of_conv(network, gathered or {}, group_of, balance)
+    shared: dict[tuple, SigmoidSoftTopK] = {}
     wrapped: dict[int, MaskedConv] = {}
 
-    def mask_for(conv: nn.Module) -> SigmoidSoftTopK:
+    def mask_for(conv: nn.Module) -> nn.Module:
+        if id(conv) in gather:
+            source, index = gather[id(conv)]
+            return GatheredMask(mask_for(source), index)
         group = group_of.get(id(conv))
-        if group is not None and group in shared:
-            return shared[group]
+        key = ("group", group) if group is not None else ("conv", id(conv))  # a source conv's mask serves others
+        if key in shared:
+            return shared[key]
         channels = conv.out_channels
         split = balance.get(id(conv), 1)
         k = math.ceil(num_kept_channels(channels, sparsity, min_remaining_elements) / split) * split
         mask = SigmoidSoftTopK(channels, k, learnable_weights, temperature, groups=split)
-        mask = mask.to(conv.weight.device)
-        if group is not None:
-            shared[group] = mask
+        shared[key] = mask = mask.to(conv.weight.device)
         return mask
 
     def visit(parent: nn.Module) -> None:
@@ -230,6 +236,33 @@ def _group_of_conv(network: nn.Module, groups: Iterable[Iterable[str]]) -> dict[
         if len(set(widths.values())) > 1:
             raise ValueError(f"mask group {number} mixes output widths, so one mask cannot serve it: {widths}")
     return group_of
+
+
+def _gathered_of_conv(
+    network: nn.Module,
+    gathered: Mapping[str, tuple[str, Sequence[int]]],
+    group_of: Mapping[int, int],
+    balance: Mapping[int, int],
+) -> dict[int, tuple[nn.Module, list[int]]]:
+    """``id(conv) -> (source conv, index)``, after checking that every index fits both convs."""
+    where = "gathered masks"
+    result = {}
+    for name, (source_name, index) in gathered.items():
+        conv = _prunable_conv(network, name, where)
+        source = _prunable_conv(network, source_name, where)
+        index = [int(i) for i in index]
+        if len(index) != conv.out_channels or not all(0 <= i < source.out_channels for i in index):
+            raise ValueError(
+                f"{where}: '{name}' needs {conv.out_channels} indices into the {source.out_channels} channels of "
+                f"'{source_name}'"
+            )
+        if id(conv) in group_of or id(conv) in balance:
+            raise ValueError(f"{where}: '{name}' is in a mask group or has channel groups; its mask cannot be gathered")
+        result[id(conv)] = (source, index)
+    for name, (source_name, _) in gathered.items():
+        if id(network.get_submodule(source_name)) in result:
+            raise ValueError(f"{where}: the source of '{name}', '{source_name}', has a gathered mask itself")
+    return result
 
 
 def _channel_groups_of_conv(
@@ -377,7 +410,10 @@ def filter_l1_norms(model: nn.Module) -> dict[int, torch.Tensor]:
     """``id(soft mask) -> [channels]`` L1 norms of the filters behind each output channel of its conv(s)."""
     norms: dict[int, torch.Tensor] = {}
     for _, module in unwrap(model).named_modules():
-        if isinstance(module, MaskedConv) and isinstance(module.mask_layer, SigmoidSoftTopK):
+        mask = module.mask_layer if isinstance(module, MaskedConv) else None
+        if isinstance(mask, GatheredMask):  # its filters count for the source's channels it reads
+            mask = mask.source
+        if isinstance(mask, SigmoidSoftTopK):
             conv = module.conv
             weight = conv.weight.detach().float().abs()
             if isinstance(conv, nn.ConvTranspose2d):  # [in, out / groups, kh, kw]
@@ -385,7 +421,9 @@ def filter_l1_norms(model: nn.Module) -> dict[int, torch.Tensor]:
                 norm = per_group.sum(dim=(1, *range(3, per_group.dim()))).reshape(-1)
             else:
                 norm = weight.reshape(weight.shape[0], -1).sum(1)
-            key = id(module.mask_layer)
+            if isinstance(module.mask_layer, GatheredMask):
+                norm = torch.zeros_like(mask.weight, dtype=norm.dtype).index_add_(0, module.mask_layer.index, norm)
+            key = id(mask)
             norms[key] = norms[key] + norm if key in norms else norm
     return norms
 
@@ -438,7 +476,7 @@ def hard_to_conv(model: nn.Module, reinitialize: bool = False) -> nn.Module:
     The convs stay trainable. Soft masks must be hardened first (``soft_to_hard_k``).
     """
     for name, mask in named_mask_layers(model):
-        if not isinstance(mask, ChannelMask):
+        if not is_hard(mask):
             raise ValueError(f"layer '{name}' still has a soft mask: call acosp.inject.soft_to_hard_k(model) first")
 
     def fold(child: nn.Module) -> nn.Module | None:

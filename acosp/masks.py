@@ -230,3 +230,55 @@ class ChannelMask(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_channels}, kept={self.k}"
+
+
+class GatheredMask(nn.Module):
+    """The mask of a conv whose output channels are, one by one, channels of another conv's mask: channel i
+    is ``source``'s channel ``index[i]``.
+
+    GhostNet's blocks add a shortcut conv's output to a concatenation of two convs that share one mask,
+    so shortcut channel i meets that mask's channel ``i % half``; with this mask the shortcut keeps and
+    drops exactly the channels the concatenation does, and the sum narrows as much as the convs.
+    ``source`` is the other convs' own mask layer (soft, then hard: hardening replaces it here too).
+    """
+
+    def __init__(self, source: nn.Module, index: torch.Tensor | list[int]):
+        super().__init__()
+        index = torch.as_tensor(index, dtype=torch.long, device=source.mask.device)
+        if index.dim() != 1 or not len(index) or int(index.min()) < 0 or int(index.max()) >= source.num_channels:
+            raise ValueError(f"a gathered mask needs a 1-D index into the {source.num_channels} channels of its source")
+        self.source = source
+        self.register_buffer("index", index)
+
+    @property
+    def num_channels(self) -> int:
+        return self.index.numel()
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """The source's current mask (its detached buffer) at ``index``."""
+        return self.source.mask[self.index]
+
+    @property
+    def k(self) -> int:
+        return int((self.mask > 0.5).sum())
+
+    @property
+    def kept(self) -> torch.Tensor:
+        return (self.mask > 0.5).cpu()
+
+    def channel_scale(self) -> torch.Tensor:
+        return self.source.channel_scale()[self.index]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * _per_channel(self.channel_scale(), x)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_channels} of the {self.source.num_channels} channels of its source"
+
+
+def is_hard(mask_layer: nn.Module) -> bool:
+    """Whether a mask layer is fixed: a ``ChannelMask``, or a ``GatheredMask`` of one."""
+    if isinstance(mask_layer, GatheredMask):
+        return is_hard(mask_layer.source)
+    return isinstance(mask_layer, ChannelMask)

@@ -56,10 +56,12 @@ class SoftTopKPruner:
     round_to: int = 1  # hard masks keep k rounded up to a multiple of this (acosp.inject.soft_to_hard_k)
     coupled_masks: bool = False  # convs whose outputs are summed share one mask: residual streams narrow too
     selection: str = "logits"
-    # What configure_model found by running the network, for on_pruning_end: the coupled groups and
-    # the masks to keep even over a grouped conv's groups. Not state: found again on every configure.
+    # What configure_model found by running the network, for on_pruning_end: the coupled groups, the
+    # masks to keep even over a grouped conv's groups and the gathered masks. Not state: found again on
+    # every configure.
     _groups: list = dataclasses.field(default_factory=list, init=False, repr=False, compare=False)
     _channel_groups: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
+    _gathered: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.final_sparsity < 1.0:
@@ -107,7 +109,8 @@ class SoftTopKPruner:
         conv's own, keep as many channels in each of its groups (``acosp.compress.balanced_groups``),
         so that compression narrows it group by group; without it only the grouped convs' own
         masks do. With ``coupled_masks`` that run also finds the convs whose outputs are combined
-        channel by channel; each such group gets one mask.
+        channel by channel; each such group gets one mask, and a conv whose channels are channels of
+        another group gets that group's mask at those channels (``acosp.compress.gathered_masks``).
         """
         if not (self.active or self.finished):
             return model
@@ -116,13 +119,18 @@ class SoftTopKPruner:
                 "coupled_masks=True finds the convs that share a mask by running the network once: "
                 "call configure_model(model, example_input) with an input the network accepts"
             )
+        gathered: dict = {}
         if example_input is not None:
             from acosp.compression.coupling import mask_constraints  # the compression layer traces the network
 
-            groups, self._channel_groups = mask_constraints(model, example_input)
+            if self.coupled_masks:
+                groups, self._channel_groups, gathered = mask_constraints(model, example_input, gathered=True)
+            else:
+                groups, self._channel_groups = mask_constraints(model, example_input)
         else:
             groups, self._channel_groups = [], inject.grouped_conv_groups(model)
         self._groups = [list(group) for group in groups] if self.coupled_masks else []
+        self._gathered = gathered
         if not self.adds_masks:
             return model  # L1 selection: the masks come when pruning ends
         model = self._inject(model)
@@ -137,6 +145,7 @@ class SoftTopKPruner:
             temperature=self.initial_temp,
             groups=self._groups,
             channel_groups=self._channel_groups,
+            gathered=self._gathered,
         )
 
     def step(self, model: nn.Module, epoch: int, last: bool = False) -> nn.Module:

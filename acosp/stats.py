@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from acosp.inject import named_mask_layers
-from acosp.masks import SigmoidSoftTopK
+from acosp.masks import GatheredMask, SigmoidSoftTopK
 
 # A mask value within this distance of 1 counts as chosen, within it of 0 as pruned.
 DECIDED_TOLERANCE = 0.01
@@ -24,6 +24,9 @@ def current_mask(mask_layer: nn.Module) -> tuple[torch.Tensor, float | None, flo
     if isinstance(mask_layer, SigmoidSoftTopK):
         mask, x0 = mask_layer.compute_mask()
         return mask.float(), float(x0.float().mean()), float(mask_layer.temperature)  # over channel groups
+    if isinstance(mask_layer, GatheredMask):
+        mask, x0, temperature = current_mask(mask_layer.source)
+        return mask[mask_layer.index], x0, temperature
     return mask_layer.mask.float(), None, None
 
 

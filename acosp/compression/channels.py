@@ -21,7 +21,7 @@ from torch import nn
 from acosp.compression.layers import SamePaddedConv2d
 from acosp.compression.trace import Graph, Node, Ref, Value, leaves
 from acosp.inject import MaskedConv, is_depthwise
-from acosp.masks import ChannelMask
+from acosp.masks import is_hard
 
 _BATCH_NORM_FORWARD = nn.modules.batchnorm._BatchNorm.forward
 _CONV_FORWARDS = (nn.Conv2d.forward, nn.ConvTranspose2d.forward, SamePaddedConv2d.forward)
@@ -554,7 +554,7 @@ class ChannelFlow:
         source, output = node.inputs[0], node.outputs[0]
         if isinstance(module, MaskedConv):
             mask = module.mask_layer
-            if not isinstance(mask, ChannelMask):
+            if not is_hard(mask):
                 raise ValueError(
                     f"layer '{node.name}' has a soft mask: call acosp.inject.soft_to_hard_k(model) before compressing"
                 )

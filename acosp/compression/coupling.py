@@ -50,8 +50,23 @@ def balanced_groups(model: nn.Module, example_input: torch.Tensor | tuple) -> di
     return mask_constraints(model, example_input)[1]
 
 
-def mask_constraints(model: nn.Module, example_input: torch.Tensor | tuple) -> tuple[list[list[str]], dict[str, int]]:
-    """``(coupled_groups, balanced_groups)`` from one run of the network."""
+def gathered_masks(model: nn.Module, example_input: torch.Tensor | tuple) -> dict[str, tuple[str, list[int]]]:
+    """``{conv name: (source conv name, index)}`` for the prunable convs whose output channels are, one by
+    one, output channels of another coupled group: output channel i meets channel ``index[i]`` of the
+    source's output, and no group of their own matches them. GhostNet's shortcut convs are such: the
+    block adds their output to a concatenation of two convs that share one mask (a depthwise conv
+    and the conv it reads), so shortcut channel i meets that mask's channel ``i % half``. Their mask
+    is the source's mask at ``index`` (``acosp.GatheredMask``), so that the stream narrows with it.
+    Found by the same run as ``coupled_groups``.
+    """
+    return mask_constraints(model, example_input, gathered=True)[2]
+
+
+def mask_constraints(
+    model: nn.Module, example_input: torch.Tensor | tuple, gathered: bool = False
+) -> tuple[list[list[str]], dict[str, int]] | tuple[list[list[str]], dict[str, int], dict]:
+    """``(coupled_groups, balanced_groups)`` from one run of the network; with ``gathered`` also
+    ``gathered_masks`` (the groups then leave out the convs whose masks are gathered)."""
     graph = _traced(model, example_input, "coupled masks")
     flow = ChannelFlow(graph, strict=False)
     tensors = _Sets()  # tensors that are one another, channel by channel
@@ -89,7 +104,38 @@ def mask_constraints(model: nn.Module, example_input: torch.Tensor | tuple) -> t
                 continue
             for name in groups.get(ties(value), []):
                 balanced[name] = math.lcm(balanced.get(name, 1), count)
-    return [members for members in groups.values() if len(members) > 1], balanced
+    if not gathered:
+        return [members for members in groups.values() if len(members) > 1], balanced
+    sources = _gathering(groups, balanced)
+    coupled = [members for key, members in groups.items() if len(members) > 1 and key not in sources]
+    gathers = {name: (groups[source][0], index) for key, (source, index) in sources.items() for name in groups[key]}
+    return coupled, balanced, gathers
+
+
+def _gathering(groups: dict[tuple, list[str]], balanced: dict[str, int]) -> dict[tuple, tuple[tuple, list[int]]]:
+    """``{ties of a group: (ties of its source group, index)}`` for the groups whose channels are all
+    channels of one other group (``gathered_masks``).
+
+    Each tie is owned by one group whose channels are all different ties: the one with the most
+    convs (the first called among equals). A group whose ties one other group owns takes its mask
+    from that group. Groups a grouped conv constrains (``balanced``) keep masks of their own.
+    """
+    distinct = [key for key in groups if len(set(key)) == len(key)]
+    owner: dict = {}
+    for key in sorted(distinct, key=lambda key: -len(groups[key])):  # stable: first called among equals
+        for tie in key:
+            owner.setdefault(tie, key)
+    sources = {}
+    for key, members in groups.items():
+        owners = {owner.get(tie) for tie in key}
+        if len(owners) != 1 or any(name in balanced for name in members):
+            continue
+        (source,) = owners
+        if source is None or source == key or any(name in balanced for name in groups[source]):
+            continue
+        position = {tie: i for i, tie in enumerate(source)}
+        sources[key] = (source, [position[tie] for tie in key])
+    return sources
 
 
 class _Sets:
