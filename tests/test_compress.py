@@ -488,3 +488,11 @@ def test_the_check_runs_in_full_float32_and_restores_the_settings():
     compress(nn.Sequential(nn.Conv2d(3, 4, 3), Probe()), torch.randn(1, 3, 8, 8))
     assert len(seen) == 2 and set(seen) == {full}  # the trace and the check
     assert settings() == before
+
+
+def test_a_mask_that_keeps_no_channel_is_named():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 4, 1))
+    model = soft_to_hard_k(SoftTopKPruner(final_sparsity=0.5).configure_model(model)).eval()
+    model[2].mask_layer.mask.zero_()
+    with pytest.raises(ValueError, match="layer '2' keeps none of its 8 channels"):
+        compress(model, torch.randn(2, 3, 8, 8))

@@ -167,3 +167,27 @@ def test_masked_convs_hold_the_gathered_mask_as_their_mask_layer():
     model, _ = coupled()
     masked = [name for name, module in model.named_modules() if isinstance(module, MaskedConv)]
     assert "2.shortcut.0" in masked and len(masked) == 7
+
+
+class Shuffled(nn.Module):
+    """ShuffleNetV2's unit: half the channels pass, the other half through convs, then a channel shuffle."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.branch = nn.Sequential(conv_bn(channels // 2, channels // 2), nn.ReLU())
+
+    def forward(self, x):
+        passed, branch = x.chunk(2, dim=1)
+        x = torch.cat([passed, self.branch(branch)], 1)
+        batch, channels, height, width = x.shape
+        return x.view(batch, 2, channels // 2, height, width).transpose(1, 2).reshape(batch, channels, height, width)
+
+
+def test_a_channel_shuffle_gathers_no_mask():
+    """Through a shuffle's view the channels of each of its groups are tied: not copies of another mask's channels."""
+    model = nn.Sequential(conv_bn(3, 16), nn.ReLU(), Shuffled(16), Shuffled(16), Shuffled(16), nn.Conv2d(16, 4, 1))
+    assert gathered_masks(model, X) == {}
+    torch.manual_seed(0)
+    pruner = SoftTopKPruner(final_sparsity=0.75, min_remaining_elements=1, coupled_masks=True)
+    model = acosp.inject.soft_to_hard_k(pruner.configure_model(randomized(model), X)).eval()
+    assert torch.allclose(compress(model, X)(X), model(X), atol=1e-5)

@@ -558,6 +558,11 @@ class ChannelFlow:
                 raise ValueError(
                     f"layer '{node.name}' has a soft mask: call acosp.inject.soft_to_hard_k(model) before compressing"
                 )
+            if not mask.kept.any():
+                raise ValueError(
+                    f"layer '{node.name}' keeps none of its {mask.num_channels} channels (its mask is all zeros): "
+                    "compression needs at least one channel of every masked conv"
+                )
             self._conv(node, module.conv, mask.kept)
         elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
             self._conv(node, module, torch.ones(module.out_channels, dtype=torch.bool))

@@ -113,12 +113,16 @@ def mask_constraints(
 
 
 def _gathering(groups: dict[tuple, list[str]], balanced: dict[str, int]) -> dict[tuple, tuple[tuple, list[int]]]:
-    """``{ties of a group: (ties of its source group, index)}`` for the groups whose channels are all
-    channels of one other group (``gathered_masks``).
+    """``{ties of a group: (ties of its source group, index)}`` for the groups whose channels are whole
+    copies of the channels of one other group (``gathered_masks``).
 
     Each tie is owned by one group whose channels are all different ties: the one with the most
-    convs (the first called among equals). A group whose ties one other group owns takes its mask
-    from that group. Groups a grouped conv constrains (``balanced``) keep masks of their own.
+    convs (the first called among equals). A group whose ties one other group owns, every one of
+    them as often (GhostNet's shortcut: each channel of the concatenation's shared mask twice), takes
+    its mask from that group, so it keeps that many times the source's channels, never none. Ties
+    through a channel shuffle are coarser (a shuffle's view ties the channels of each of its
+    groups), and are not copies. Groups a grouped conv constrains (``balanced``) keep masks of
+    their own.
     """
     distinct = [key for key in groups if len(set(key)) == len(key)]
     owner: dict = {}
@@ -132,6 +136,8 @@ def _gathering(groups: dict[tuple, list[str]], balanced: dict[str, int]) -> dict
             continue
         (source,) = owners
         if source is None or source == key or any(name in balanced for name in groups[source]):
+            continue
+        if len(key) % len(source) or any(key.count(tie) != len(key) // len(source) for tie in source):
             continue
         position = {tie: i for i, tie in enumerate(source)}
         sources[key] = (source, [position[tie] for tie in key])
