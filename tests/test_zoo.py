@@ -85,8 +85,9 @@ def test_speed_says_where_the_time_goes():
 
 # CSPNet splits by sizes written in the code: the tensor stays whole, its readers leave its constants out
 # (9.1x when they read it whole). GhostNet's ``out[:, :self.out_chs]`` takes every channel of its
-# concatenation: a step, not a cut (3.3x when it kept its tensor whole).
-@pytest.mark.parametrize("name, least", [("cspresnet50", 11), ("ghostnet_100", 4.5)])
+# concatenation: a step, not a cut (3.3x when it kept its tensor whole); its shortcut convs gather the mask
+# the concatenation's two convs share (5.9x with masks of their own).
+@pytest.mark.parametrize("name, least", [("cspresnet50", 11), ("ghostnet_100", 9)])
 def test_fixed_splits_and_slices_still_let_the_network_narrow(name, least):
     pytest.importorskip("timm", reason="timm is not installed")
     ((_, make),) = timm_models([name])

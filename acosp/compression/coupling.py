@@ -15,6 +15,7 @@ let whole channels leave every group (``balanced_groups``).
 
 from __future__ import annotations
 
+import collections
 import math
 
 import torch
@@ -51,9 +52,9 @@ def balanced_groups(model: nn.Module, example_input: torch.Tensor | tuple) -> di
 
 
 def gathered_masks(model: nn.Module, example_input: torch.Tensor | tuple) -> dict[str, tuple[str, list[int]]]:
-    """``{conv name: (source conv name, index)}`` for the prunable convs whose output channels are, one by
-    one, output channels of another coupled group: output channel i meets channel ``index[i]`` of the
-    source's output, and no group of their own matches them. GhostNet's shortcut convs are such: the
+    """``{conv name: (source conv name, index)}`` for the prunable convs whose output channels are whole
+    copies of the output channels of another coupled group: output channel i meets channel ``index[i]``
+    of the source's output, and no group of their own matches them. GhostNet's shortcut convs are such: the
     block adds their output to a concatenation of two convs that share one mask (a depthwise conv
     and the conv it reads), so shortcut channel i meets that mask's channel ``i % half``. Their mask
     is the source's mask at ``index`` (``acosp.GatheredMask``), so that the stream narrows with it.
@@ -137,7 +138,8 @@ def _gathering(groups: dict[tuple, list[str]], balanced: dict[str, int]) -> dict
         (source,) = owners
         if source is None or source == key or any(name in balanced for name in groups[source]):
             continue
-        if len(key) % len(source) or any(key.count(tie) != len(key) // len(source) for tie in source):
+        copies = collections.Counter(key)
+        if len(key) % len(source) or any(copies[tie] != len(key) // len(source) for tie in source):
             continue
         position = {tie: i for i, tie in enumerate(source)}
         sources[key] = (source, [position[tie] for tie in key])
