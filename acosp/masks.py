@@ -182,7 +182,20 @@ class SigmoidSoftTopK(nn.Module):
         return f"{self.num_channels}, k={self.k}{groups}, temperature={temperature:.4g}, learnable={learnable}"
 
 
-class ChannelMask(nn.Module):
+class _KeptChannels(nn.Module):
+    """What a binary mask (``self.mask``) keeps: the channels whose value is above 0.5."""
+
+    @property
+    def k(self) -> int:
+        return int((self.mask > 0.5).sum())
+
+    @property
+    def kept(self) -> torch.Tensor:
+        """Which channels stay, as a boolean tensor on the CPU, where compression does its bookkeeping."""
+        return (self.mask > 0.5).cpu()
+
+
+class ChannelMask(_KeptChannels):
     """A fixed binary mask over output channels: what a soft mask becomes when pruning ends."""
 
     def __init__(self, mask: torch.Tensor):
@@ -213,15 +226,6 @@ class ChannelMask(nn.Module):
     def num_channels(self) -> int:
         return self.mask.numel()
 
-    @property
-    def k(self) -> int:
-        return int((self.mask > 0.5).sum())
-
-    @property
-    def kept(self) -> torch.Tensor:
-        """Which channels stay, as a boolean tensor on the CPU, where compression does its bookkeeping."""
-        return (self.mask > 0.5).cpu()
-
     def channel_scale(self) -> torch.Tensor:
         return self.mask
 
@@ -232,7 +236,7 @@ class ChannelMask(nn.Module):
         return f"{self.num_channels}, kept={self.k}"
 
 
-class GatheredMask(nn.Module):
+class GatheredMask(_KeptChannels):
     """The mask of a conv whose output channels are, one by one, channels of another conv's mask: channel i
     is ``source``'s channel ``index[i]``.
 
@@ -258,14 +262,6 @@ class GatheredMask(nn.Module):
     def mask(self) -> torch.Tensor:
         """The source's current mask (its detached buffer) at ``index``."""
         return self.source.mask[self.index]
-
-    @property
-    def k(self) -> int:
-        return int((self.mask > 0.5).sum())
-
-    @property
-    def kept(self) -> torch.Tensor:
-        return (self.mask > 0.5).cpu()
 
     def channel_scale(self) -> torch.Tensor:
         return self.source.channel_scale()[self.index]

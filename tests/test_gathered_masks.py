@@ -4,6 +4,7 @@ so that the sum narrows as much as the convs do."""
 
 import pytest
 import torch
+from test_compress import random_batch_norm
 from torch import nn
 
 import acosp.inject
@@ -45,16 +46,6 @@ def ghost_network():
     return nn.Sequential(conv_bn(3, 8), nn.ReLU(), GhostBlock(8, 16), GhostBlock(16, 16), nn.Conv2d(16, 4, 1))
 
 
-def randomized(model):
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-1, 1)
-                module.running_var.uniform_(0.5, 2)
-                module.bias.uniform_(-1, 1)
-    return model
-
-
 X = torch.randn(2, 3, 12, 12)
 HALF = list(range(8))
 
@@ -71,7 +62,7 @@ def test_a_shortcut_added_to_a_ghost_concatenation_gathers_the_mask_of_both_halv
 def coupled(sparsity=0.5, seed=0):
     torch.manual_seed(seed)
     pruner = SoftTopKPruner(final_sparsity=sparsity, min_remaining_elements=1, coupled_masks=True)
-    return pruner.configure_model(randomized(ghost_network()), X), pruner
+    return pruner.configure_model(random_batch_norm(ghost_network()), X), pruner
 
 
 def test_the_gathered_mask_trains_the_logits_of_its_source():
@@ -105,7 +96,7 @@ def test_hardening_keeps_the_gather_and_the_stream_narrows_as_much_as_the_convs(
 
 def test_without_the_gather_the_stream_keeps_the_union_of_two_masks():
     torch.manual_seed(0)
-    model = randomized(ghost_network())
+    model = random_batch_norm(ghost_network())
     groups, balanced, _ = mask_constraints(model, X, gathered=True)
     model = inject_soft_masks(model, 0.5, min_remaining_elements=1, groups=groups, channel_groups=balanced)
     model = acosp.inject.soft_to_hard_k(model).eval()
@@ -189,5 +180,5 @@ def test_a_channel_shuffle_gathers_no_mask():
     assert gathered_masks(model, X) == {}
     torch.manual_seed(0)
     pruner = SoftTopKPruner(final_sparsity=0.75, min_remaining_elements=1, coupled_masks=True)
-    model = acosp.inject.soft_to_hard_k(pruner.configure_model(randomized(model), X)).eval()
+    model = acosp.inject.soft_to_hard_k(pruner.configure_model(random_batch_norm(model), X)).eval()
     assert torch.allclose(compress(model, X)(X), model(X), atol=1e-5)
