@@ -6,6 +6,7 @@
     python benchmarks/zoo.py torchvision timm --table docs/zoo.md   # both settings, the table in docs/zoo.md
     python benchmarks/zoo.py torchvision --coupled --sparsity 0.75 --speed 520 --only fcn_resnet50   # latency too
     python benchmarks/zoo.py torchvision --coupled --sparsity 0.75 --speed 520 --compile --only fcn_resnet50
+    python benchmarks/zoo.py torchvision --coupled --sparsity 0.75 --speed 520 --round-to 16 --only fcn_resnet50
 
 Needs torchvision (and timm for the timm list): ``pip install torch==2.14.1 torchvision==0.29.1 timm``
 in an environment of its own. Each network, with random weights: masks at ``--sparsity`` (coupled
@@ -134,9 +135,17 @@ MINIMUM_SIZE = {"inception_v3": 299}  # its auxiliary classifier pools a 5x5 win
 
 
 def try_network(
-    make, sparsity: float, coupled: bool, size: int, speed_size: int | None = None, compiled: bool = False
+    make,
+    sparsity: float,
+    coupled: bool,
+    size: int,
+    speed_size: int | None = None,
+    compiled: bool = False,
+    round_to: int = 1,
 ) -> dict:
     """What happened to one network: ``exact`` (bool or None when it failed), reductions, error text.
+
+    ``round_to`` > 1 hardens each mask to a multiple of that many channels (``soft_to_hard_k``).
 
     With ``speed_size`` also ``speedup``: the dense network's latency (the faster of its contiguous
     and channels-last forms) over the compressed one's, batch 1 at that size, on this machine's threads;
@@ -154,7 +163,7 @@ def try_network(
         pruner = SoftTopKPruner(final_sparsity=sparsity, min_remaining_elements=1, coupled_masks=coupled)
         model = pruner.configure_model(model, x)
         _step(model, x)
-        model = acosp.inject.soft_to_hard_k(model)
+        model = acosp.inject.soft_to_hard_k(model, round_to=round_to)
         _step(model, x)
         model.eval()
         with torch.no_grad():
@@ -317,6 +326,9 @@ def main(argv=None) -> int:
         action="store_true",
         help="with --speed: also time both networks compiled by torch.compile (needs a C++ compiler)",
     )
+    parser.add_argument(
+        "--round-to", type=int, default=1, metavar="N", help="harden each mask to a multiple of N channels"
+    )
     args = parser.parse_args(argv)
     if args.compile and not args.speed:
         parser.error("--compile times the networks: give --speed SIZE as well")
@@ -332,11 +344,12 @@ def main(argv=None) -> int:
     rows: dict = {}
     for sparsity, coupled in settings:
         masks = f"{'coupled' if coupled else 'independent'} masks at sparsity {sparsity:g}"
+        masks += f", {args.round_to}-channel multiples" if args.round_to > 1 else ""
         print(f"{len(networks)} networks, {masks}, {args.size}x{args.size}, torch {torch.__version__}", flush=True)
         exact = 0
         for zoo, name, make in networks:
             size = max(args.size, MINIMUM_SIZE.get(name, 0))
-            row = try_network(make, sparsity, coupled, size, args.speed, args.compile)
+            row = try_network(make, sparsity, coupled, size, args.speed, args.compile, args.round_to)
             rows.setdefault((zoo, name), []).append(row)
             exact += bool(row["exact"])
             if row["exact"]:

@@ -154,3 +154,9 @@ def test_speed_times_both_networks_compiled_too():
     timed = row["compiled_speed"]
     assert timed["dense_seconds"] > 0 and timed["compressed_seconds"] > 0 and timed["compile_seconds"] > 0
     assert timed["speedup"] == pytest.approx(timed["dense_seconds"] / timed["compressed_seconds"])
+
+
+def test_rounded_widths_keep_more_channels_and_stay_exact():
+    plain, rounded = (try_network(TORCHVISION["mobilenet_v3_small"], 0.75, True, 96, round_to=r) for r in (1, 16))
+    assert plain["exact"] and rounded["exact"], rounded["error"]
+    assert 1.3 < rounded["macs"] < plain["macs"]
