@@ -181,3 +181,21 @@ def test_a_compressed_network_with_same_padded_convs_exports_to_onnx(tmp_path):
     x = torch.randn(2, 3, 21, 18)
     small = compress(model, x)
     assert torch.allclose(onnx_output(small, x, tmp_path / "same.onnx"), small(x), atol=1e-5)
+
+
+class NeedsLargeInput(nn.Conv2d):
+    """A conv subclass whose forward fails on small inputs: traced as it is, never frozen."""
+
+    def forward(self, x):
+        if x.shape[-1] < 16:
+            raise RuntimeError("this layer needs inputs of 16 pixels or more")
+        return super().forward(x)
+
+
+def test_a_conv_subclass_that_fails_on_a_small_probe_is_traced_as_it_is():
+    torch.manual_seed(0)
+    model = nn.Sequential(NeedsLargeInput(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1))
+    x = torch.randn(2, 3, 16, 16)
+    pruner = SoftTopKPruner(final_sparsity=0.5, min_remaining_elements=1, coupled_masks=True)
+    model = acosp.inject.soft_to_hard_k(pruner.configure_model(model, x)).eval()
+    assert torch.allclose(compress(model, x)(x), model(x), atol=1e-5)

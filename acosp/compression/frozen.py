@@ -36,13 +36,17 @@ class _Conv2dCalls(TorchFunctionMode):
 def frozen_conv(conv: nn.Conv2d) -> nn.Conv2d | None:
     """A Conv2d with the filters ``conv`` computes in its own forward (weight standardisation, a gain),
     in eval mode: a plain one, or a ``SamePaddedConv2d`` where that forward pads its input first as
-    TensorFlow's 'same' does (timm's ``Conv2dSame``); None when its forward does anything else."""
-    kernel = conv.kernel_size
-    x = torch.randn(2, conv.in_channels, 2 * kernel[0] + 3, 2 * kernel[1] + 3, dtype=conv.weight.dtype)
+    TensorFlow's 'same' does (timm's ``Conv2dSame``); None when its forward does anything else, or
+    fails on a small random input (it is then traced as it is)."""
+    reach = [(size - 1) * dilation + 1 for size, dilation in zip(conv.kernel_size, conv.dilation)]
+    x = torch.randn(2, conv.in_channels, 2 * reach[0] + 3, 2 * reach[1] + 3, dtype=conv.weight.dtype)
     x = x.to(conv.weight.device)
     recorder = _Conv2dCalls()
-    with torch.no_grad(), recorder:
-        expected = conv(x)
+    try:
+        with torch.no_grad(), recorder:
+            expected = conv(x)
+    except Exception:  # noqa: BLE001 - a forward that needs other input: not a conv to freeze
+        return None
     if len(recorder.calls) != 1:
         return None
     call_args, call_kwargs = recorder.calls[0]
