@@ -166,7 +166,8 @@ def inject_soft_masks(
     ``acosp.compress.coupled_groups``) share one mask: one set of logits, the same kept channels.
     ``channel_groups`` maps a conv's name to the number of equal groups its output channels form
     for a grouped conv (``acosp.compress.balanced_groups``): its mask keeps the same number in
-    each, k rounded up to a multiple of them. ``gathered`` maps a conv's name to ``(source conv,
+    each, k rounded up to a multiple of them (unless that keeps more than ``MAX_BALANCED_GROWTH``
+    times the channels: then it ignores the groups). ``gathered`` maps a conv's name to ``(source conv,
     index)`` (``acosp.compress.gathered_masks``): its mask is a ``GatheredMask``, the source's mask
     at ``index``. A DistributedDataParallel model comes back in a new wrapper, so that it
     synchronises the logits too.
@@ -187,8 +188,11 @@ def inject_soft_masks(
         if key in shared:
             return shared[key]
         channels = conv.out_channels
+        kept = num_kept_channels(channels, sparsity, min_remaining_elements)
         split = balance.get(id(conv), 1)
-        k = math.ceil(num_kept_channels(channels, sparsity, min_remaining_elements) / split) * split
+        k = math.ceil(kept / split) * split
+        if k > kept * MAX_BALANCED_GROWTH:  # many small groups: whole groups go instead (compress stays exact)
+            split, k = 1, kept
         mask = SigmoidSoftTopK(channels, k, learnable_weights, temperature, groups=split)
         shared[key] = mask = mask.to(conv.weight.device)
         return mask
@@ -236,6 +240,13 @@ def _group_of_conv(network: nn.Module, groups: Iterable[Iterable[str]]) -> dict[
         if len(set(widths.values())) > 1:
             raise ValueError(f"mask group {number} mixes output widths, so one mask cannot serve it: {widths}")
     return group_of
+
+
+# A mask kept even over G channel groups keeps a multiple of G channels. Where rounding up to that keeps
+# more than this many times the channels the sparsity asks for (FastViT's downsampling conv has 48 groups
+# of 2 channels: 48 of 96 at sparsity 0.75, and its whole stage with it), the mask ignores the groups:
+# ``compress`` then keeps a few extra channels in that one grouped conv instead.
+MAX_BALANCED_GROWTH = 1.5
 
 
 def _gathered_of_conv(

@@ -199,3 +199,53 @@ def test_a_conv_subclass_that_fails_on_a_small_probe_is_traced_as_it_is():
     pruner = SoftTopKPruner(final_sparsity=0.5, min_remaining_elements=1, coupled_masks=True)
     model = acosp.inject.soft_to_hard_k(pruner.configure_model(model, x)).eval()
     assert torch.allclose(compress(model, x)(x), model(x), atol=1e-5)
+
+
+class LayerScale(nn.Module):
+    """FastViT's layer scale: every channel times a parameter of its own, in the layer's own forward."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.rand(channels, 1, 1) + 0.5)
+
+    def forward(self, x):
+        return x * self.gamma
+
+
+def scaled_network():
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        LayerScale(16),
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.PReLU(16),
+        nn.Conv2d(16, 16, 1),
+        nn.GroupNorm(4, 16),  # normalises groups of channels: keeps its input whole
+        nn.Conv2d(16, 4, 1),
+    )
+
+
+def test_layer_scales_and_prelu_narrow_in_place_and_group_norm_keeps_its_input_whole():
+    torch.manual_seed(0)
+    model = randomized(scaled_network())
+    pruner = SoftTopKPruner(final_sparsity=0.5, min_remaining_elements=1)
+    model = acosp.inject.soft_to_hard_k(pruner.configure_model(model)).eval()
+    x = torch.randn(2, 3, 10, 10)
+    small = compress(model, x)
+    assert torch.allclose(small(x), model(x), atol=1e-5)
+    assert isinstance(small[3], LayerScale) and small[3].gamma.shape == (8, 1, 1)
+    assert isinstance(small[6], nn.PReLU) and small[6].weight.shape == (8,) and small[6].num_parameters == 8
+    assert small[8].num_channels == 16 and "group_norm" in compression_spec(small)["full_width"][0]
+    rebuilt = apply_compression_spec(scaled_network(), compression_spec(small))
+    rebuilt.load_state_dict(small.state_dict())
+    assert torch.allclose(rebuilt.eval()(x), small(x), atol=1e-6)
+
+
+def test_coupled_masks_see_a_layer_scale_as_one_layer():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 10, 10)
+    pruner = SoftTopKPruner(final_sparsity=0.5, min_remaining_elements=1, coupled_masks=True)
+    model = acosp.inject.soft_to_hard_k(pruner.configure_model(randomized(scaled_network()), x)).eval()
+    assert torch.allclose(compress(model, x)(x), model(x), atol=1e-5)

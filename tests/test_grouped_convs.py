@@ -192,3 +192,18 @@ def test_l1_selection_keeps_the_largest_filters_of_each_group():
     kept = grouped[1].mask.view(4, 8) > 0.5
     assert (kept.sum(1) == 4).all()
     assert torch.equal(kept, norms >= norms.topk(4, dim=1).values[:, -1:])
+
+
+@pytest.mark.parametrize("sparsity, groups, kept", [(0.5, 16, 16), (0.75, 1, 8)])
+def test_masks_over_many_small_groups_ignore_them_rather_than_keep_twice_the_channels(sparsity, groups, kept):
+    """32 channels in 16 groups of 2: at 0.75 an even mask would keep one per group, 16 rather than 8."""
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU()]
+    layers += [nn.Conv2d(16, 32, 3, padding=1, groups=16), nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 4, 1)]
+    network = random_batch_norm(nn.Sequential(*layers))
+    model = inject_soft_masks(network, sparsity, min_remaining_elements=1, channel_groups={"3": 16})
+    mask = model[3].mask_layer
+    assert (mask.groups, mask.k) == (groups, kept)
+    model = soft_to_hard_k(model).eval()
+    x = torch.randn(2, 3, 8, 8)
+    assert relative_error(model(x), compress(model, x)(x)) < 1e-5

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from acosp.compression.channels import UNPOOLING, ChannelFlow, is_channelwise_norm, is_step
+from acosp.compression.channelwise import channel_count, channelwise_layers, narrowed_channelwise_copy
 from acosp.compression.frozen import with_frozen_filters
 from acosp.compression.layers import RemovedLayer, SamePaddedConv2d, to_memory_format
 from acosp.compression.spec import SPEC_FORMAT, SPEC_VERSION, build_layer
@@ -68,9 +69,12 @@ def compress(
     training = network.training
     network.eval()
     network = with_frozen_filters(network)  # a copy where convs compute their own filters
+    channelwise = channelwise_layers(network)  # layer scales: one layer each, narrowed like BatchNorm
     try:
         with full_float32_precision():
-            graph = trace(network, args, is_step, snapshot_functions=UNPOOLING)
+            graph = trace(
+                network, args, lambda layer: is_step(layer) or id(layer) in channelwise, snapshot_functions=UNPOOLING
+            )
         flow = ChannelFlow(graph, strict=strict)
         compressed, spec = _rebuild(network, graph, flow, fold_batchnorm)
     finally:
@@ -252,6 +256,13 @@ def _narrowed(
         return _narrowed_linear(module, call, flow)
     if flow.required[source.index].all():
         return None
+    if not isinstance(module, nn.modules.batchnorm._BatchNorm):  # a layer scale (channelwise.py)
+        return narrowed_channelwise_copy(module, flow.layout(source)), {
+            "type": "NarrowedChannelwise",
+            "channels": len(flow.layout(source)),
+            "original_channels": channel_count(module),
+            "class": f"{type(module).__module__}.{type(module).__qualname__}",
+        }
     if is_channelwise_norm(module):
         return narrowed_norm_copy(module, flow.layout(source)), {
             "type": "NarrowedNorm",

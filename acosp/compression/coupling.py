@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from acosp.compression.channels import FUNCTIONAL_LAYERS, UNPOOLING, ChannelFlow, is_step
+from acosp.compression.channelwise import channelwise_layers
 from acosp.compression.frozen import has_conv_forward
 from acosp.compression.trace import Graph, trace
 from acosp.inject import MaskedConv, is_prunable, unwrap
@@ -216,11 +217,12 @@ def _traced(model: nn.Module, example_input: torch.Tensor | tuple, purpose: str)
     args = example_input if isinstance(example_input, tuple) else (example_input,)
     training = network.training
     network.eval()
-    # Convs that pad or compute their filters in their own forward are one layer here, as in compression.
-    conv_like = {id(module) for module in network.modules() if has_conv_forward(module)}
+    # Convs that pad or compute their filters in their own forward, and layer scales, are one layer here,
+    # as in compression.
+    layers = {id(module) for module in network.modules() if has_conv_forward(module)} | channelwise_layers(network)
     try:
         graph = trace(
-            network, args, lambda module: is_step(module) or id(module) in conv_like, snapshot_functions=UNPOOLING
+            network, args, lambda module: is_step(module) or id(module) in layers, snapshot_functions=UNPOOLING
         )
     except Exception as error:
         shapes = [tuple(item.shape) for item in args if isinstance(item, torch.Tensor)]

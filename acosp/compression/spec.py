@@ -65,6 +65,10 @@ def apply_compression_spec(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
             from acosp.compression.compressor import narrowed_norm_copy
 
             layer = narrowed_norm_copy(base, torch.arange(entry["num_features"]))
+        elif entry["type"] == "NarrowedChannelwise":
+            from acosp.compression.channelwise import narrowed_channelwise_copy
+
+            layer = narrowed_channelwise_copy(base, torch.arange(entry["channels"]))
         else:
             layer = build_layer(entry, name)
         reference = next(iter([*base.parameters(), *base.buffers()]), None)
@@ -114,6 +118,7 @@ BASE_TYPES = {
     "BatchNorm3d": nn.BatchNorm3d,
     "Identity": nn.modules.batchnorm._BatchNorm,  # a BatchNorm folded into the conv before it
     "NarrowedNorm": nn.modules.batchnorm._BatchNorm,  # a BatchNorm subclass of its own, narrowed in place
+    "NarrowedChannelwise": nn.Module,  # a layer scale, narrowed in place
 }
 
 
