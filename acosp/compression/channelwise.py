@@ -19,9 +19,12 @@ import torch
 from torch import nn
 
 from acosp.inject import MaskedConv
+from acosp.masks import ChannelMask, GatheredMask, SigmoidSoftTopK
 
 _PER_CHANNEL_DIMENSION = {1: 0, 3: 0, 4: 1}  # where the channels are in (C,), (C, 1, 1) and (1, C, 1, 1)
-_WEIGHTED_LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, MaskedConv)
+# Layers compression knows already, and acosp's own mask layers (inside the masked convs it traces whole).
+_KNOWN_LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, MaskedConv)
+_KNOWN_LAYERS += (ChannelMask, GatheredMask, SigmoidSoftTopK)
 
 
 def per_channel_tensors(layer: nn.Module) -> dict[str, int] | None:
@@ -43,7 +46,7 @@ def per_channel_tensors(layer: nn.Module) -> dict[str, int] | None:
 @torch.no_grad()
 def is_channelwise_layer(layer: nn.Module) -> bool:
     """Whether ``layer`` maps each channel on its own with its per-channel tensors (module docstring)."""
-    if isinstance(layer, _WEIGHTED_LAYERS) or next(layer.children(), None) is not None:
+    if isinstance(layer, _KNOWN_LAYERS) or next(layer.children(), None) is not None:
         return False
     dimensions = per_channel_tensors(layer)
     if dimensions is None:
