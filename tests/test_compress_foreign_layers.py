@@ -249,3 +249,17 @@ def test_coupled_masks_see_a_layer_scale_as_one_layer():
     pruner = SoftTopKPruner(final_sparsity=0.5, min_remaining_elements=1, coupled_masks=True)
     model = acosp.inject.soft_to_hard_k(pruner.configure_model(randomized(scaled_network()), x)).eval()
     assert torch.allclose(compress(model, x)(x), model(x), atol=1e-5)
+
+
+def test_an_instance_norm_narrows_with_the_width_it_checks_its_input_against():
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.InstanceNorm2d(16, affine=True)]
+    model = randomized(nn.Sequential(*layers, nn.Conv2d(16, 4, 3, padding=1)))
+    with torch.no_grad():
+        model[3].weight.uniform_(0.5, 2)
+        model[3].bias.uniform_(-1, 1)
+    model = acosp.inject.soft_to_hard_k(SoftTopKPruner(final_sparsity=0.5).configure_model(model)).eval()
+    x = torch.randn(2, 3, 10, 10)
+    small = compress(model, x)
+    assert small[3].num_features == 8 and small[3].weight.shape == (8,)
+    assert torch.allclose(small(x), model(x), atol=1e-5)
