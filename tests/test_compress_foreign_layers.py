@@ -52,6 +52,14 @@ def randomized(model):
     return model
 
 
+def hardened(network, coupled_input=None):
+    """``network`` with BatchNorm statistics as after training and hard masks at sparsity 0.5, coupled on
+    ``coupled_input`` when given."""
+    torch.manual_seed(0)
+    pruner = SoftTopKPruner(final_sparsity=0.5, min_remaining_elements=1, coupled_masks=coupled_input is not None)
+    return acosp.inject.soft_to_hard_k(pruner.configure_model(randomized(network), coupled_input)).eval()
+
+
 def test_a_batchnorm_subclass_with_an_activation_is_narrowed_in_place_and_keeps_its_activation():
     torch.manual_seed(0)
     model = randomized(network())
@@ -132,10 +140,7 @@ def tensorflow_network():
 
 
 def test_convs_with_tensorflow_same_padding_narrow_and_stay_exact_at_every_size():
-    torch.manual_seed(0)
-    model = randomized(tensorflow_network())
-    pruner = SoftTopKPruner(final_sparsity=0.5, min_remaining_elements=1)
-    model = acosp.inject.soft_to_hard_k(pruner.configure_model(model)).eval()
+    model = hardened(tensorflow_network())
     small = compress(model, torch.randn(2, 3, 20, 20))
     convs = [m for m in small.modules() if isinstance(m, SamePaddedConv2d)]
     first, depthwise, last = ((c.in_channels, c.out_channels, c.groups) for c in convs)
@@ -163,9 +168,7 @@ def test_coupled_masks_tie_the_depthwise_conv_that_pads_as_tensorflow_does_to_th
     conv keeps the channels it reads (it kept the union of two masks when its own forward hid the conv)."""
     x = torch.randn(2, 3, 20, 20)
     assert coupled_groups(tensorflow_network(), x) == [["0", "3"]]
-    torch.manual_seed(0)
-    pruner = SoftTopKPruner(final_sparsity=0.5, min_remaining_elements=1, coupled_masks=True)
-    model = acosp.inject.soft_to_hard_k(pruner.configure_model(randomized(tensorflow_network()), x)).eval()
+    model = hardened(tensorflow_network(), x)
     small = compress(model, x)
     assert [m.out_channels for m in small.modules() if isinstance(m, SamePaddedConv2d)] == [8, 8, 12]
     assert torch.allclose(small(x), model(x), atol=1e-5)
@@ -175,9 +178,7 @@ def test_coupled_masks_tie_the_depthwise_conv_that_pads_as_tensorflow_does_to_th
 def test_a_compressed_network_with_same_padded_convs_exports_to_onnx(tmp_path):
     from test_compress import onnx_output
 
-    torch.manual_seed(0)
-    pruner = SoftTopKPruner(final_sparsity=0.5, min_remaining_elements=1)
-    model = acosp.inject.soft_to_hard_k(pruner.configure_model(randomized(tensorflow_network()))).eval()
+    model = hardened(tensorflow_network())
     x = torch.randn(2, 3, 21, 18)
     small = compress(model, x)
     assert torch.allclose(onnx_output(small, x, tmp_path / "same.onnx"), small(x), atol=1e-5)
@@ -228,10 +229,7 @@ def scaled_network():
 
 
 def test_layer_scales_and_prelu_narrow_in_place_and_group_norm_keeps_its_input_whole():
-    torch.manual_seed(0)
-    model = randomized(scaled_network())
-    pruner = SoftTopKPruner(final_sparsity=0.5, min_remaining_elements=1)
-    model = acosp.inject.soft_to_hard_k(pruner.configure_model(model)).eval()
+    model = hardened(scaled_network())
     x = torch.randn(2, 3, 10, 10)
     small = compress(model, x)
     assert torch.allclose(small(x), model(x), atol=1e-5)
@@ -244,10 +242,8 @@ def test_layer_scales_and_prelu_narrow_in_place_and_group_norm_keeps_its_input_w
 
 
 def test_coupled_masks_see_a_layer_scale_as_one_layer():
-    torch.manual_seed(0)
     x = torch.randn(2, 3, 10, 10)
-    pruner = SoftTopKPruner(final_sparsity=0.5, min_remaining_elements=1, coupled_masks=True)
-    model = acosp.inject.soft_to_hard_k(pruner.configure_model(randomized(scaled_network()), x)).eval()
+    model = hardened(scaled_network(), x)
     assert torch.allclose(compress(model, x)(x), model(x), atol=1e-5)
 
 
