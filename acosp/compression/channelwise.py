@@ -81,23 +81,32 @@ def channelwise_layers(network: nn.Module) -> set[int]:
 
 def narrowed_channelwise_copy(layer: nn.Module, layout: torch.Tensor) -> nn.Module:
     """A copy of a channel-wise layer (its own class and forward) keeping the channels ``layout`` lists."""
+    return narrowed_copy(layer, layout, per_channel_tensors(layer) or {}, channel_count(layer), _WIDTH_ATTRIBUTES)
+
+
+# What a layer may check its input against (InstanceNorm's num_features, PReLU's num_parameters).
+_WIDTH_ATTRIBUTES = ("num_features", "num_parameters", "num_channels", "channels", "dim")
+
+
+def narrowed_copy(
+    layer: nn.Module, layout: torch.Tensor, dimensions: dict[str, int], channels: int, widths: tuple[str, ...]
+) -> nn.Module:
+    """A copy of ``layer`` (its own class and forward) whose tensors named in ``dimensions`` keep, along the
+    dimension given, the channels ``layout`` lists; its integer attributes named in ``widths`` that equal
+    ``channels`` become the narrower width."""
     new = copy.deepcopy(layer)
     index = torch.as_tensor(layout, dtype=torch.long)
-    for name, dimension in (per_channel_tensors(layer) or {}).items():
+    for name, dimension in dimensions.items():
         tensor = getattr(new, name)
         narrowed = tensor.detach().index_select(dimension, index.to(tensor.device)).clone()
         if isinstance(tensor, nn.Parameter):
             setattr(new, name, nn.Parameter(narrowed, requires_grad=tensor.requires_grad))
         else:
             new._buffers[name] = narrowed
-    channels = channel_count(layer)
-    for name in _WIDTH_ATTRIBUTES:  # what the layer may check its input against (InstanceNorm's num_features)
-        if getattr(new, name, None) == channels and isinstance(getattr(new, name), int):
+    for name in widths:
+        if isinstance(getattr(new, name, None), int) and getattr(new, name) == channels:
             setattr(new, name, len(index))
     return new
-
-
-_WIDTH_ATTRIBUTES = ("num_features", "num_parameters", "num_channels", "channels", "dim")
 
 
 def channel_count(layer: nn.Module) -> int:

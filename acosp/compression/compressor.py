@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from acosp.compression.channels import UNPOOLING, ChannelFlow, is_channelwise_norm, is_step
-from acosp.compression.channelwise import channel_count, channelwise_layers, narrowed_channelwise_copy
+from acosp.compression.channelwise import channel_count, channelwise_layers, narrowed_channelwise_copy, narrowed_copy
 from acosp.compression.frozen import with_frozen_filters
 from acosp.compression.layers import RemovedLayer, SamePaddedConv2d, to_memory_format
 from acosp.compression.spec import SPEC_FORMAT, SPEC_VERSION, build_layer
@@ -275,17 +275,10 @@ def _narrowed(
 
 def narrowed_norm_copy(norm: nn.Module, layout: torch.Tensor) -> nn.Module:
     """A copy of a BatchNorm subclass (its own class and forward) keeping the channels ``layout`` lists."""
-    new = copy.deepcopy(norm)
-    index = torch.as_tensor(layout, dtype=torch.long)
-    for name, tensor in [*new.named_parameters(recurse=False), *new.named_buffers(recurse=False)]:
-        if tensor is not None and tensor.dim() >= 1 and tensor.shape[0] == norm.num_features:
-            narrowed = tensor.detach()[index.to(tensor.device)].clone()
-            if isinstance(tensor, nn.Parameter):
-                setattr(new, name, nn.Parameter(narrowed, requires_grad=tensor.requires_grad))
-            else:
-                new._buffers[name] = narrowed
-    new.num_features = len(index)
-    return new
+    width = norm.num_features
+    tensors = [*norm.named_parameters(recurse=False), *norm.named_buffers(recurse=False)]
+    per_channel = {name: 0 for name, tensor in tensors if tensor is not None and tensor.shape[:1] == (width,)}
+    return narrowed_copy(norm, layout, per_channel, width, ("num_features",))
 
 
 def _constants(call: Node, value: Value, dropped: torch.Tensor) -> torch.Tensor:
