@@ -5,7 +5,8 @@ function; ``compression_spec`` / ``apply_compression_spec`` save and rebuild it;
 counts parameters and MACs; ``coupled_groups`` finds the convs that can share one mask and
 ``balanced_groups`` those whose masks should keep channels evenly over a grouped conv's groups;
 ``gathered_masks`` those whose masks are channels of another group's mask; ``output_convs`` those
-that compute the network's output channels.
+that compute the network's output channels; ``maskable_linears`` the linear layers whose output
+features can leave (the hidden features of MLPs).
 """
 
 from acosp.compression.channels import UnsupportedOperation
@@ -15,6 +16,7 @@ from acosp.compression.coupling import (
     coupled_groups,
     gathered_masks,
     mask_constraints,
+    maskable_linears,
     output_convs,
 )
 from acosp.compression.spec import apply_compression_spec, compression_report, compression_spec
@@ -34,6 +36,7 @@ __all__ = [
     "full_float32_precision",
     "gathered_masks",
     "mask_constraints",
+    "maskable_linears",
     "model_statistics",
     "output_convs",
     "relative_error",

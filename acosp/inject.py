@@ -17,6 +17,8 @@ from acosp import mask_bank
 from acosp.masks import ChannelMask, GatheredMask, SigmoidSoftTopK, check_round_to, is_hard, num_kept_channels
 
 PRUNABLE_TYPES = (nn.Conv2d, nn.ConvTranspose2d)
+# Linear layers are masked only where named (``maskable_linears`` finds those whose features can leave):
+# the output features of most (a classifier's, an attention's) cannot.
 
 SELECTIONS = ("logits", "l1")
 """How hard masks choose their channels: the learned logits (ACoSP), or the filters' L1 norms
@@ -53,7 +55,8 @@ def unprunable_outputs(model: nn.Module, example_input: torch.Tensor | tuple) ->
 
 
 class MaskedConv(nn.Sequential):
-    """A conv followed by the mask of its output channels (before any BatchNorm).
+    """A conv followed by the mask of its output channels (before any BatchNorm), or a linear layer
+    followed by the mask of its output features (the last dimension of what it computes).
 
     ``conv(x) * mask`` costs passes over whichever tensor the mask multiplies, forward and
     backward. So each call multiplies the smaller one: the filters and bias (large feature maps,
@@ -77,6 +80,8 @@ class MaskedConv(nn.Sequential):
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         conv, mask_layer = self[0], self[1]
+        if isinstance(conv, nn.Linear):
+            return self._linear_forward(x, *args, **kwargs)
         if args or kwargs or conv._forward_hooks or conv._forward_pre_hooks:
             return mask_layer(conv(x, *args, **kwargs))
         forward = type(conv).forward
@@ -99,6 +104,16 @@ class MaskedConv(nn.Sequential):
                 x, weight, bias, conv.stride, conv.padding, conv.output_padding, conv.groups, conv.dilation
             )
         return conv._conv_forward(x, weight, bias)
+
+    def _linear_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        linear, mask_layer = self[0], self[1]
+        scale = mask_layer.channel_scale() if self.prepared is None else self.prepared[0]
+        plain = not (args or kwargs or linear._forward_hooks or linear._forward_pre_hooks)
+        if not plain or type(linear).forward is not nn.Linear.forward or _output_is_smaller_than_weight(linear, x):
+            y = linear(x, *args, **kwargs)
+            return y * scale.to(y.dtype)
+        weight, bias = _scaled_parameters(linear, scale)
+        return nn.functional.linear(x, weight, bias)
 
     def __getattr__(self, name: str):
         try:
@@ -124,14 +139,18 @@ class MaskedConv(nn.Sequential):
 
 _CONV_ATTRIBUTES = frozenset(
     ("weight", "bias", "in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups")
-    + ("padding_mode", "output_padding", "transposed")
+    + ("padding_mode", "output_padding", "transposed", "in_features", "out_features")
 )
 
 
 def _output_is_smaller_than_weight(conv: nn.Module, x: torch.Tensor) -> bool:
     """Whether the conv's output has fewer elements than its filters (strides taken into account)."""
-    if isinstance(x, torch.fx.Proxy) or x.dim() != 4:
+    if isinstance(x, torch.fx.Proxy):
         return False  # symbolic tracing sees no sizes: keep the filter route
+    if isinstance(conv, nn.Linear):  # as many output rows as input rows
+        return x.numel() // max(conv.in_features, 1) < conv.in_features
+    if x.dim() != 4:
+        return False
     positions = x.shape[0] * x.shape[2] * x.shape[3]
     stride = conv.stride[0] * conv.stride[1]
     positions = positions * stride if isinstance(conv, nn.ConvTranspose2d) else positions // stride
@@ -158,6 +177,7 @@ def inject_soft_masks(
     groups: Iterable[Iterable[str]] = (),
     channel_groups: Mapping[str, int] | None = None,
     gathered: Mapping[str, tuple[str, Sequence[int]]] | None = None,
+    linears: Iterable[str] = (),
 ) -> nn.Module:
     """Wrap every prunable conv of ``model`` (in place) with a ``SigmoidSoftTopK`` mask; returns the model.
 
@@ -169,10 +189,12 @@ def inject_soft_masks(
     each, k rounded up to a multiple of them (unless that keeps more than ``MAX_BALANCED_GROWTH``
     times the channels: then it ignores the groups). ``gathered`` maps a conv's name to ``(source conv,
     index)`` (``acosp.compress.gathered_masks``): its mask is a ``GatheredMask``, the source's mask
-    at ``index``. A DistributedDataParallel model comes back in a new wrapper, so that it
-    synchronises the logits too.
+    at ``index``. ``linears`` names linear layers to mask too, each over its output features
+    (``acosp.compress.maskable_linears``: the hidden features of MLPs). A DistributedDataParallel
+    model comes back in a new wrapper, so that it synchronises the logits too.
     """
     network = unwrap(model)
+    masked_linears = {id(_named_linear(network, name)) for name in linears}
     group_of = _group_of_conv(network, groups)
     balance = _channel_groups_of_conv(network, channel_groups or {}, group_of)
     gather = _gathered_of_conv(network, gathered or {}, group_of, balance)
@@ -187,7 +209,7 @@ def inject_soft_masks(
         key = ("group", group) if group is not None else ("conv", id(conv))  # a source conv's mask serves others
         if key in shared:
             return shared[key]
-        channels = conv.out_channels
+        channels = conv.out_features if isinstance(conv, nn.Linear) else conv.out_channels
         kept = num_kept_channels(channels, sparsity, min_remaining_elements)
         split = balance.get(id(conv), 1)
         k = math.ceil(kept / split) * split
@@ -202,7 +224,7 @@ def inject_soft_masks(
         for name, child in list(parent._modules.items()):
             if child is None or isinstance(child, MaskedConv):
                 continue
-            if is_prunable(child):
+            if is_prunable(child) or id(child) in masked_linears:
                 if id(child) not in wrapped:
                     wrapped[id(child)] = MaskedConv(child, mask_for(child))
                 setattr(parent, name, wrapped[id(child)])
@@ -213,6 +235,21 @@ def inject_soft_masks(
     if wrapped:
         mask_bank.attach(network)
     return _rewrapped_if_changed(model, bool(wrapped))
+
+
+def _named_linear(network: nn.Module, name: str) -> nn.Module:
+    """The linear layer ``name`` of ``network`` that ``inject_soft_masks(linears=...)`` may mask."""
+    try:
+        linear = network.get_submodule(name)
+    except AttributeError:
+        raise ValueError(f"linears: the network has no layer '{name}'") from None
+    if isinstance(linear, MaskedConv):
+        return linear.conv
+    if not isinstance(linear, nn.Linear) or linear.weight.dim() != 2:
+        raise ValueError(f"linears: '{name}' is not a linear layer ({type(linear).__name__})")
+    if getattr(linear, "unprunable", False):
+        raise ValueError(f"linears: '{name}' is marked unprunable")
+    return linear
 
 
 def _prunable_conv(network: nn.Module, name: str, where: str) -> nn.Module:
@@ -445,6 +482,8 @@ def output_channel_weight(conv: nn.Module, per_channel: torch.Tensor) -> torch.T
     Shapes come from the conv's attributes rather than from ``conv.weight``, so that torch.fx can
     trace a masked network.
     """
+    if isinstance(conv, nn.Linear):  # weight: [out, in]
+        return per_channel.reshape(-1, 1).expand(conv.out_features, conv.in_features)
     groups, kernel = conv.groups, tuple(conv.kernel_size)
     spatial = [1] * len(kernel)
     in_per_group, out_per_group = conv.in_channels // groups, conv.out_channels // groups

@@ -56,12 +56,16 @@ class SoftTopKPruner:
     round_to: int = 1  # hard masks keep k rounded up to a multiple of this (acosp.inject.soft_to_hard_k)
     coupled_masks: bool = False  # convs whose outputs are summed share one mask: residual streams narrow too
     selection: str = "logits"
+    # With an example input, configure_model masks the output features of the linear layers whose
+    # features can leave the network too (acosp.compress.maskable_linears: the hidden features of MLPs).
+    linear_masks: bool = True
     # What configure_model found by running the network, for on_pruning_end: the coupled groups, the
     # masks to keep even over a grouped conv's groups and the gathered masks. Not state: found again on
     # every configure.
     _groups: list = dataclasses.field(default_factory=list, init=False, repr=False, compare=False)
     _channel_groups: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
     _gathered: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
+    _linears: list = dataclasses.field(default_factory=list, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.final_sparsity < 1.0:
@@ -84,7 +88,7 @@ class SoftTopKPruner:
         masks.check_round_to(self.round_to)
         for name, kind in (("starting_epoch", int), ("ending_epoch", int), ("final_sparsity", float)):
             setattr(self, name, kind(getattr(self, name)))
-        for name in ("active", "learnable_weights", "finished", "coupled_masks"):
+        for name in ("active", "learnable_weights", "finished", "coupled_masks", "linear_masks"):
             setattr(self, name, bool(getattr(self, name)))
         self.min_remaining_elements, self.round_to = int(remaining), int(self.round_to)
         self.initial_temp, self.final_temp = float(self.initial_temp), float(self.final_temp)
@@ -111,6 +115,8 @@ class SoftTopKPruner:
         masks do. With ``coupled_masks`` that run also finds the convs whose outputs are combined
         channel by channel; each such group gets one mask, and a conv whose channels are channels of
         another group gets that group's mask at those channels (``acosp.compress.gathered_masks``).
+        With ``linear_masks`` that run also finds the linear layers whose output features can leave
+        (``acosp.compress.maskable_linears``, the hidden features of MLPs): they get masks too.
         """
         if not (self.active or self.finished):
             return model
@@ -120,8 +126,12 @@ class SoftTopKPruner:
                 "call configure_model(model, example_input) with an input the network accepts"
             )
         gathered: dict = {}
+        self._linears = []
         if example_input is not None:
-            from acosp.compression.coupling import mask_constraints  # the compression layer traces the network
+            from acosp.compression.coupling import mask_constraints, maskable_linears  # they trace the network
+
+            if self.linear_masks:
+                self._linears = maskable_linears(model, example_input)
 
             if self.coupled_masks:
                 groups, self._channel_groups, gathered = mask_constraints(model, example_input, gathered=True)
@@ -146,6 +156,7 @@ class SoftTopKPruner:
             groups=self._groups,
             channel_groups=self._channel_groups,
             gathered=self._gathered,
+            linears=self._linears,
         )
 
     def step(self, model: nn.Module, epoch: int, last: bool = False) -> nn.Module:
@@ -207,10 +218,12 @@ class SoftTopKPruner:
         unknown = [key for key in state if key not in known]
         if missing or unknown:
             raise ValueError(f"not a SoftTopKPruner state: missing keys {missing}, unknown keys {unknown}")
-        restored = SoftTopKPruner(**state)
+        restored = SoftTopKPruner(**{**_EARLIER_BEHAVIOUR, **state})
         for key in known:
             setattr(self, key, getattr(restored, key))
 
 
 # Settings that checkpoints of earlier versions lack: they load with the defaults.
-_ADDED_LATER = ("finished", "round_to", "coupled_masks", "selection")
+_ADDED_LATER = ("finished", "round_to", "coupled_masks", "selection", "linear_masks")
+# Settings whose default changed with them: a checkpoint that lacks them was made with this value.
+_EARLIER_BEHAVIOUR = {"linear_masks": False}

@@ -376,9 +376,10 @@ def test_the_state_is_the_settings_declared_once():
         "round_to",
         "coupled_masks",
         "selection",
+        "linear_masks",
     ]
     assert repr(pruner).startswith("SoftTopKPruner(starting_epoch=2, ending_epoch=9, final_sparsity=0.75")
-    assert "_groups" not in repr(pruner)
+    assert "_groups" not in repr(pruner) and "_linears" not in repr(pruner)
     copy = SoftTopKPruner()
     copy.load_state_dict(state)
     assert copy == pruner

@@ -29,7 +29,9 @@ EXACT = [
     "shufflenet_v2_x0_5",
 ]
 # Where compression keeps a tensor whole, the report names the operation and its layer.
-KEPT_WHOLE = {"convnext_tiny": "'permute' (called in features.0.1)"}
+KEPT_WHOLE = {
+    "convnext_tiny": "'layer_norm' (called in features.0.1) normalises with statistics or parameters of every channel"
+}
 
 
 @pytest.mark.parametrize("coupled, sparsity", [(False, 0.5), (True, 0.75)])
@@ -51,10 +53,23 @@ def test_grouped_networks_shrink_within_a_quarter_of_resnet50(name):
 
 @pytest.mark.parametrize("name, where", KEPT_WHOLE.items())
 def test_what_compression_keeps_whole_is_named_with_its_layer(name, where):
-    """ConvNeXt: a LayerNorm over channels moved last; exact, and hardly smaller (its convs feed it)."""
+    """ConvNeXt: a LayerNorm over channels moved last keeps its stream whole; exact all the same."""
     row = try_network(TORCHVISION[name], 0.5, False, 96)
     assert row["exact"], row["error"]
     assert where in row["full_width"]
+
+
+@pytest.mark.parametrize("name, least", [("convnext_tiny", 3.5), ("alexnet", 10.0)])
+def test_the_hidden_features_of_mlps_narrow(name, least):
+    """The linear layers of ConvNeXt's blocks (channels moved last) and of AlexNet's classifier are masked
+    over their hidden features, and compression removes what they prune."""
+    model = TORCHVISION[name]()
+    x = torch.randn(2, 3, 96, 96)
+    hidden = {"convnext_tiny": "features.1.0.block.3", "alexnet": "classifier.1"}[name]
+    assert hidden in acosp.compress.maskable_linears(model, x)
+    row = try_network(TORCHVISION[name], 0.75, True, 96)
+    assert row["exact"], row["error"]
+    assert row["macs"] > least
 
 
 # timm networks built of its BatchNormAct2d (and its Linear), or of weight-standardised convs (NF-ResNet).

@@ -95,10 +95,13 @@ def is_step(module: nn.Module) -> bool:
     ``compress``'s check on the example input verifies that for each network.
     """
     if isinstance(module, MaskedConv):
-        return type(module.conv).forward in _CONV_FORWARDS
-    if isinstance(module, nn.Linear) and module.weight.dim() == 2:  # subclasses that only cast (timm's Linear)
-        return True
-    return type(module).forward in _STEP_FORWARDS or is_channelwise_norm(module)
+        return type(module.conv).forward in _CONV_FORWARDS or is_linear_step(module.conv)
+    return is_linear_step(module) or type(module).forward in _STEP_FORWARDS or is_channelwise_norm(module)
+
+
+def is_linear_step(module: nn.Module) -> bool:
+    """A linear layer, or a subclass that only casts (timm's ``Linear``: its weight stays a matrix)."""
+    return isinstance(module, nn.Linear) and module.weight.dim() == 2
 
 
 def is_channelwise_norm(module: nn.Module) -> bool:
@@ -123,9 +126,12 @@ class UnsupportedOperation(ValueError):
 class ChannelFlow:
     """Live and uniform channels of every traced tensor, and the channels each must keep."""
 
-    def __init__(self, graph: Graph, strict: bool = True):
+    def __init__(self, graph: Graph, strict: bool = True, pruned_layers: frozenset[int] = frozenset()):
         self.graph = graph
         self.strict = strict
+        # ids of unmasked linear layers to take as keeping none of their outputs (``maskable_linears``
+        # asks which outputs could then leave the network).
+        self.pruned_layers = pruned_layers
         self.live: dict[int, torch.Tensor] = {}
         self.uniform: dict[int, torch.Tensor] = {}
         self.links: list[Link] = []
@@ -197,6 +203,11 @@ class ChannelFlow:
 
     def _all_live(self, node: Node) -> None:
         for output in node.outputs:
+            # An output shaped like an input whose channels a permute moved has them where that input does.
+            output.channel_dim = next(
+                (value.channel_dim for value in node.inputs if value.channel_dim != 1 and value.shape == output.shape),
+                1,
+            )
             self._set(output, live=True)
             self._keep_full(output, f"computed by {node.where()}")
 
@@ -227,6 +238,8 @@ class ChannelFlow:
         first = node.inputs[0]
         if any(value.index in self.split_views for value in node.inputs):
             self._follow_split_view(node, name)
+        elif any(value.channel_dim != 1 for value in node.inputs):
+            self._visit_moved(node, name)
         elif name in ELEMENTWISE:
             self._elementwise(node)
         elif name in SPATIAL:
@@ -272,6 +285,32 @@ class ChannelFlow:
         else:
             self._unknown(node)
 
+    def _visit_moved(self, node: Node, name: str) -> None:
+        """An operation on a tensor whose channels are not in dimension 1 (a channels-last block between
+        two permutes, the features of a linear layer): element-wise steps and permutes follow them,
+        anything else keeps what it reads whole."""
+        if name in ELEMENTWISE:
+            self._elementwise(node)
+        elif name in ("permute", "transpose", "movedim"):
+            self._move_channels(node, name)
+        elif name in FUNCTIONAL_NORMS:
+            self._needs_full(node, "normalises with statistics or parameters of every channel")
+        elif name in FUNCTIONAL_LAYERS:
+            self._needs_full(node, "computes with weights of every channel")
+        else:
+            dims = sorted({value.channel_dim for value in node.inputs if value.channel_dim != 1})
+            self._needs_full(node, f"is applied to channels in dimension {', '.join(map(str, dims))}")
+
+    def _move_channels(self, node: Node, name: str) -> None:
+        """A permute, transpose or movedim: the channels go wherever it puts their dimension."""
+        source, output = node.inputs[0], node.outputs[0]
+        order = _permutation(node, name, len(source.shape))
+        if order is None or len(node.outputs) != 1 or order[0] != 0:
+            self._needs_full(node, f"reshapes {source.shape} to {output.shape}")
+            return
+        output.channel_dim = order.index(source.channel_dim)
+        self._same_channels(node, source)
+
     def _first_tensor_argument(self, node: Node) -> Value:
         for item in (*node.args, *node.kwargs.values()):
             if isinstance(item, Ref):
@@ -280,10 +319,14 @@ class ChannelFlow:
 
     def _elementwise(self, node: Node) -> None:
         output = node.outputs[0]
-        if output.channels is None or len(node.outputs) != 1:
+        if len(output.shape) < 2 or len(node.outputs) != 1:
             self._unknown(node)
             return
-        channels, ndim = output.channels, len(output.shape)
+        ndim = len(output.shape)
+        # The channels are where the operands of the output's rank have them (dimension 1 unless moved).
+        operand_dims = {value.channel_dim for value in node.inputs if len(value.shape) == ndim}
+        output.channel_dim = dim = max(operand_dims, default=1)
+        channels = output.channels
         live = torch.zeros(channels, dtype=torch.bool)
         uniform = torch.ones(channels, dtype=torch.bool)
         linked = []
@@ -294,8 +337,12 @@ class ChannelFlow:
                 shape, value = tuple(item.shape), None
             else:
                 continue
-            size = _size_along(shape, ndim, 1)
-            spatial = any(_size_along(shape, ndim, dim) > 1 for dim in range(2, ndim))
+            size = _size_along(shape, ndim, dim)
+            spatial = any(_size_along(shape, ndim, other) > 1 for other in range(1, ndim) if other != dim)
+            moved = value is not None and (value.channel_dim != 1 or dim != 1) and (size > 1 or value.channels != 1)
+            if moved and value.channel_dim + ndim - len(shape) != dim:  # its channels are not the output's
+                self._unknown(node, "combines tensors whose channels lie in different dimensions")
+                return
             if value is None:  # a parameter or a tensor made in forward
                 if size > 1:
                     self._needs_full(node, "combines channels with a per-channel tensor it does not compute")
@@ -363,6 +410,9 @@ class ChannelFlow:
             return
         if name in ("permute", "transpose", "movedim", "narrow", "select", "squeeze", "unsqueeze"):
             keeps = keeps and _keeps_leading_dims(node, name, before, after)
+            if not keeps and name in ("permute", "transpose", "movedim"):
+                self._move_channels(node, name)  # to channels-last and back (ConvNeXt's blocks)
+                return
             if not keeps and name == "narrow" and _normalized(node.argument(1, "dim"), len(before)) == 1:
                 self._needs_full(node, "slices channels")
                 return
@@ -551,7 +601,8 @@ class ChannelFlow:
         if len(node.outputs) != 1 or len(node.inputs) != 1:
             self._unknown(node, "takes or returns more than one tensor")
             return
-        source, output = node.inputs[0], node.outputs[0]
+        source = node.inputs[0]
+        layer, kept = module, None
         if isinstance(module, MaskedConv):
             mask = module.mask_layer
             if not is_hard(mask):
@@ -563,16 +614,29 @@ class ChannelFlow:
                     f"layer '{node.name}' keeps none of its {mask.num_channels} channels (its mask is all zeros): "
                     "compression needs at least one channel of every masked conv"
                 )
-            self._conv(node, module.conv, mask.kept)
-        elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-            self._conv(node, module, torch.ones(module.out_channels, dtype=torch.bool))
-        elif isinstance(module, nn.Linear):
-            if len(source.shape) != 2:
-                self._needs_full(node, "applies a linear layer to a tensor of more than two dimensions")
-                return
-            self._set(output, live=True)
+            layer, kept = module.conv, mask.kept
+        if isinstance(layer, nn.Linear):
+            self._linear(node, layer, kept)
+        elif source.channel_dim != 1:
+            self._needs_full(node, f"reads channels in dimension {source.channel_dim} as if they were in dimension 1")
+        elif isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
+            self._conv(node, layer, torch.ones(layer.out_channels, dtype=torch.bool) if kept is None else kept)
         else:  # BatchNorm in eval mode: one affine map per channel
             self._same_channels(node, source)
+
+    def _linear(self, node: Node, linear: nn.Linear, kept: torch.Tensor | None) -> None:
+        """A linear layer maps the last dimension: its features are the channels of what it reads when they
+        are there (a flattened vector, a channels-last block), and the channels of what it computes."""
+        source, output = node.inputs[0], node.outputs[0]
+        last = len(source.shape) - 1
+        if source.channel_dim != last:  # it reads positions or samples as features: whole, as they are
+            if self.has_pruned(source):
+                self.full_reasons.append(f"{node.where()} reads dimension {last}, where the channels are not")
+            self._keep_full(source, f"read along dimension {last} by {node.where()}")
+        if id(linear) in self.pruned_layers:
+            kept = torch.zeros(linear.out_features, dtype=torch.bool)
+        output.channel_dim = len(output.shape) - 1
+        self._set(output, live=True if kept is None else kept, uniform=True)  # a pruned feature is exactly 0
 
     def _conv(self, node: Node, conv: nn.Module, kept: torch.Tensor) -> None:
         source, output = node.inputs[0], node.outputs[0]
@@ -723,6 +787,25 @@ def _swaps_split_dims(node: Node, name: str, ndim: int) -> bool:
     dims = node.args[1:] if len(node.args) > 2 else node.argument(1, "dims")
     dims = [_normalized(d, ndim) for d in (dims if isinstance(dims, (tuple, list)) else [dims])]
     return dims == [0, 2, 1, *range(3, ndim)]
+
+
+def _permutation(node: Node, name: str, ndim: int) -> list[int] | None:
+    """Which input dimension each output dimension of a permute, transpose or movedim is; None if unclear."""
+    probe = torch.empty([2 + dim for dim in range(ndim)], device="meta")  # sizes that name the dimensions
+    arguments = [item for item in node.args[1:]]
+    if name == "permute" and len(arguments) == 1 and isinstance(arguments[0], (tuple, list)):
+        arguments = [tuple(arguments[0])]
+    if any(isinstance(item, Ref) for item in leaves(arguments)):
+        return None
+    try:
+        moved = (
+            getattr(torch, name)(probe, *arguments, **node.kwargs)
+            if name != "permute"
+            else probe.permute(*arguments, **node.kwargs)
+        )
+    except (TypeError, RuntimeError, IndexError):
+        return None
+    return [size - 2 for size in moved.shape]
 
 
 def _keeps_leading_dims(node: Node, name: str, before: tuple, after: tuple) -> bool:

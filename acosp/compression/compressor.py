@@ -243,6 +243,8 @@ def _narrowed(
 ) -> tuple[nn.Module, dict[str, Any]] | None:
     """The narrowed replacement of one layer (with ``norm`` folded in) and its spec entry; None: it stays."""
     source, output = call.inputs[0], call.outputs[0]
+    if isinstance(module, MaskedConv) and isinstance(module.conv, nn.Linear):
+        return _narrowed_linear(module.conv, call, flow, module.mask_layer.kept)
     if isinstance(module, MaskedConv):
         return _narrowed_conv(module.conv, module.mask_layer.kept, call, flow, norm)
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
@@ -288,6 +290,7 @@ def _constants(call: Node, value: Value, dropped: torch.Tensor) -> torch.Tensor:
     shot = call.snapshots.get(value.index)
     if shot is None:
         raise ValueError(f"{call.where()} reads pruned channels of a tensor that is not floating point")
+    shot = shot.along(1 if value.channel_dim == 1 else len(value.shape) - 1)
     first, spread = shot.first[dropped], shot.spread[dropped]
     bad = spread > _CONSTANT_TOLERANCE * (1 + first.abs())
     if bad.any():
@@ -547,9 +550,12 @@ def _make_conv(entry, conv, weight, bias, out_index, kernel, fill=None, in_index
 
 
 @torch.no_grad()
-def _narrowed_linear(linear: nn.Linear, call: Node, flow: ChannelFlow):
-    source = call.inputs[0]
+def _narrowed_linear(linear: nn.Linear, call: Node, flow: ChannelFlow, kept: torch.Tensor | None = None):
+    """A linear layer reading only the features its input keeps (the dropped constants folded into its bias)
+    and computing only those its output keeps; a masked feature that must stay is computed as the 0 it is."""
+    source, output = call.inputs[0], call.outputs[0]
     layout = flow.layout(source)
+    out_layout = flow.layout(output) if kept is not None else torch.arange(linear.out_features)
     dropped, multiples = _dropped_inputs(flow, source)
     if multiples is not None:
         raise RuntimeError(f"internal error: {call.where()} reads channels that are multiples of others")
@@ -559,16 +565,22 @@ def _narrowed_linear(linear: nn.Linear, call: Node, flow: ChannelFlow):
     if linear.bias is not None:
         bias = linear.bias.detach().cpu().double()
     bias = bias + weight[:, dropped].double() @ constants
+    if kept is not None:  # the mask multiplies every output feature: 1 for the kept, 0 for the pruned
+        keep = kept.to(torch.float64)
+        weight, bias = weight * keep.to(weight.dtype)[:, None], bias * keep
     entry = {
         "type": "Linear",
         "in_features": len(layout),
-        "out_features": linear.out_features,
+        "out_features": len(out_layout),
         "bias": True,
         "original_in_features": linear.in_features,
     }
+    if kept is not None:
+        entry["original_out_features"] = linear.out_features
     new = build_layer(entry, "").to(device=linear.weight.device, dtype=weight.dtype)
-    new.weight.copy_(weight[:, layout])
-    new.bias.copy_(bias.to(weight.dtype))
+    new.weight.copy_(weight[out_layout][:, layout])
+    new.bias.copy_(bias[out_layout].to(weight.dtype))
+    new.train(linear.training)
     return new, entry
 
 

@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from acosp.compression.channels import FUNCTIONAL_LAYERS, UNPOOLING, ChannelFlow, is_step
+from acosp.compression.channels import FUNCTIONAL_LAYERS, UNPOOLING, ChannelFlow, is_linear_step, is_step
 from acosp.compression.channelwise import channelwise_layers
 from acosp.compression.frozen import has_conv_forward
 from acosp.compression.trace import Graph, trace
@@ -195,6 +195,35 @@ def output_convs(model: nn.Module, example_input: torch.Tensor | tuple) -> list[
         elif node.kind == "module" and not isinstance(layer, _WEIGHTED_LAYERS):
             pending.extend(node.inputs)  # BatchNorm and other layers that map channels on their own
     return [name for name, _ in network.named_modules() if name in found]
+
+
+def maskable_linears(model: nn.Module, example_input: torch.Tensor | tuple) -> list[str]:
+    """Names of the linear layers whose output features compression can remove: the hidden features of an
+    MLP (``fc1`` of ConvNeXt's blocks, of a squeeze-excitation written with linear layers, of VGG's
+    classifier), which only element-wise steps carry to the linear layer that reads them.
+
+    Found by the same kind of run as ``coupled_groups``, on the unmasked network, taking every linear
+    layer as keeping none of its features: those whose features then all leave the network (none
+    reaches a residual sum, a reshape, a normalisation or the output) are listed, in the order of
+    ``named_modules``. ``SoftTopKPruner.configure_model`` masks them (``linear_masks``).
+    """
+    network = unwrap(model)
+    if not any(is_linear_step(module) for module in network.modules()):
+        return []  # no need to run the network
+    graph = _traced(model, example_input, "maskable linears")
+    calls = {
+        id(node.target): node.target
+        for node in graph.nodes
+        if node.kind == "module" and is_linear_step(node.target) and not getattr(node.target, "unprunable", False)
+    }
+    flow = ChannelFlow(graph, strict=False, pruned_layers=frozenset(calls))
+    free = {key: module.out_features > 1 for key, module in calls.items()}
+    for node in graph.nodes:
+        if node.kind == "module" and id(node.target) in calls:
+            required = flow.required.get(node.outputs[0].index)
+            if required is None or required.any():
+                free[id(node.target)] = False
+    return [name for name, module in network.named_modules() if free.get(id(module), False)]
 
 
 def _layer(network: nn.Module, name: str) -> nn.Module | None:

@@ -28,11 +28,14 @@ class Value:
     index: int
     shape: tuple[int, ...]
     producer: Node | None = None
+    # Where the channels are: dimension 1, unless a permute moved them (a channels-last block) or a
+    # linear layer computed them as the last dimension of a larger tensor. Set by ``ChannelFlow``.
+    channel_dim: int = 1
 
     @property
     def channels(self) -> int | None:
-        """The size of dimension 1, the channel (or feature) dimension; None for tensors of fewer dims."""
-        return self.shape[1] if len(self.shape) >= 2 else None
+        """The size of the channel (or feature) dimension; None for tensors of fewer than two dims."""
+        return self.shape[self.channel_dim] if len(self.shape) >= 2 else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,10 +47,23 @@ class Ref:
 
 @dataclasses.dataclass(eq=False)
 class Snapshot:
-    """Per channel of a tensor: its value at the first position of the first sample, and max - min over all."""
+    """Per channel of a tensor: its value at the first position of the first sample, and max - min over all.
+
+    ``last`` holds the same for the last dimension (the features a linear layer computes and reads in a
+    tensor of more than two dimensions), None for two-dimensional tensors.
+    """
 
     first: torch.Tensor
     spread: torch.Tensor
+    last: Snapshot | None = None
+
+    def along(self, dim: int) -> Snapshot:
+        """The snapshot of the channels in dimension ``dim`` (1, or the last)."""
+        if dim == 1:
+            return self
+        if self.last is None:
+            raise RuntimeError(f"internal error: no snapshot along dimension {dim}")
+        return self.last
 
 
 @dataclasses.dataclass(eq=False)
@@ -112,10 +128,17 @@ def tensors_in(structure: Any) -> Iterator[torch.Tensor]:
     return (item for item in leaves(structure) if isinstance(item, torch.Tensor))
 
 
-def snapshot(tensor: torch.Tensor) -> Snapshot | None:
+def snapshot(tensor: torch.Tensor, along_last: bool = False) -> Snapshot | None:
     if tensor.dim() < 2 or tensor.numel() == 0 or not tensor.is_floating_point():
         return None
-    flat = tensor.detach().transpose(0, 1).reshape(tensor.shape[1], -1)
+    shot = _snapshot_along(tensor, 1)
+    if along_last and tensor.dim() > 2:
+        shot.last = _snapshot_along(tensor, tensor.dim() - 1)
+    return shot
+
+
+def _snapshot_along(tensor: torch.Tensor, dim: int) -> Snapshot:
+    flat = tensor.detach().movedim(dim, 0).reshape(tensor.shape[dim], -1)
     return Snapshot(first=flat[:, 0].double().cpu(), spread=(flat.amax(1) - flat.amin(1)).double().cpu())
 
 
@@ -199,12 +222,12 @@ class _Recorder(TorchFunctionMode):
         node.outputs = [self.new_value(tensor, node) for tensor in tensors_in(result)]
         self.nodes.append(node)
 
-    def snapshots_of(self, inputs) -> dict[int, Snapshot]:
+    def snapshots_of(self, inputs, along_last: bool = False) -> dict[int, Snapshot]:
         self.paused += 1
         try:
             shots = {}
             for tensor, value in inputs:
-                shot = snapshot(tensor)
+                shot = snapshot(tensor, along_last)
                 if shot is not None:
                     shots[value.index] = shot
             return shots
@@ -238,7 +261,7 @@ class _Recorder(TorchFunctionMode):
         pending = None
         if step:
             inputs = self.tracked(args)
-            pending = (args, inputs, self.snapshots_of(inputs))
+            pending = (args, inputs, self.snapshots_of(inputs, along_last=_reads_features(module)))
             self.inside_step += 1
         self.stack.append((module, step, pending))
 
@@ -254,6 +277,11 @@ class _Recorder(TorchFunctionMode):
             if inputs:
                 name = self.names.get(id(module), type(module).__name__)
                 self.record("module", module, name, args, {}, inputs, shots, output)
+
+
+def _reads_features(module: nn.Module) -> bool:
+    """A linear layer (masked or not): it reads the last dimension of its input."""
+    return isinstance(getattr(module, "conv", module), nn.Linear)
 
 
 def trace(
