@@ -7,7 +7,7 @@ from conftest import SmallCNN, make_batches
 from torch import nn
 
 import acosp.inject
-from acosp.inject import named_mask_layers
+from acosp.inject import named_mask_layers, soft_masks
 from acosp.masks import ChannelMask, SigmoidSoftTopK
 from acosp.pruner import SoftTopKPruner
 
@@ -387,3 +387,24 @@ def test_the_state_is_the_settings_declared_once():
         copy.load_state_dict({**state, "sparsity": 0.5})
     with pytest.raises(ValueError, match="round_to must be a positive integer, got 0"):
         SoftTopKPruner(round_to=0)
+
+
+def test_running_the_network_at_configure_time_leaves_the_masks_logits_as_they_were():
+    """Finding layer scales, coupled groups or maskable linears must not draw from the random stream
+    that initialises the masks: the same seed gives the same logits with or without an example input."""
+
+    class LayerScale(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gamma = nn.Parameter(torch.full((1, 8, 1, 1), 0.5))
+
+        def forward(self, x):
+            return x * self.gamma
+
+    def logits(example_input):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 8, 3), LayerScale(), nn.Conv2d(8, 8, 3))
+        model = SoftTopKPruner().configure_model(model, example_input)
+        return torch.cat([mask.weight.detach() for mask in soft_masks(model)])
+
+    assert torch.equal(logits(None), logits(torch.randn(1, 3, 8, 8)))

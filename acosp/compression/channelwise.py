@@ -56,7 +56,9 @@ def is_channelwise_layer(layer: nn.Module) -> bool:
     training = layer.training
     layer.eval()
     try:
-        x = torch.randn(2, channels, 5, 5, dtype=reference.dtype, device=reference.device)
+        # Its own generator: finding the layers leaves the random stream (the masks' initial logits) alone.
+        generator = torch.Generator(device=reference.device).manual_seed(0)
+        x = torch.randn(2, channels, 5, 5, generator=generator, device=reference.device).to(reference.dtype)
         y = layer(x.clone())  # a copy: the layer may scale its input in place
         if not isinstance(y, torch.Tensor) or y.shape != x.shape:
             return False
