@@ -218,13 +218,44 @@ def test_channels_moved_last_and_read_by_a_conv_stay_whole():
     class Odd(nn.Module):
         def __init__(self):
             super().__init__()
-            self.a, self.b = nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 1)
+            self.a, self.b = nn.Conv2d(8, 8, 1), nn.Conv2d(10, 8, 1)
 
         def forward(self, x):
             return self.b(self.a(x).permute(0, 3, 2, 1))
 
     model = soft_to_hard_k(inject_soft_masks(Odd(), 0.5)).eval()
-    x = torch.randn(2, 8, 8, 8)
+    x = torch.randn(2, 8, 6, 10)  # b reads the 10 columns as channels
     compressed = compress(model, x)
     with torch.no_grad():
         assert relative_error(model(x), compressed(x)) < 1e-5
+    assert compressed.b.in_channels == 10
+
+
+class TokensBackToImage(nn.Module):
+    """EdgeNeXt's transposed attention block: tokens (N, HW, C) reshaped to (N, H, W, C), where the record
+    loses the channels; then a LayerNorm and an MLP over the last dimension."""
+
+    def __init__(self, dim=16):
+        super().__init__()
+        self.conv = nn.Conv2d(3, dim, 3, padding=1)
+        self.norm = nn.LayerNorm(dim)
+        self.fc1, self.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+
+    def forward(self, x):
+        x = self.conv(x)
+        n, c, h, w = x.shape
+        tokens = x.reshape(n, c, h * w).permute(0, 2, 1)
+        y = self.fc2(F.gelu(self.fc1(self.norm(tokens.reshape(n, h, w, c)))))
+        return x + y.permute(0, 3, 1, 2)
+
+
+def test_a_masked_mlp_after_a_reshape_that_loses_the_channels_reads_every_feature():
+    torch.manual_seed(0)
+    model = TokensBackToImage()
+    x = torch.randn(2, 3, 5, 7)  # no size equals another
+    assert maskable_linears(model, x) == ["fc1"]
+    model = soft_to_hard_k(SoftTopKPruner(final_sparsity=0.75).configure_model(model, x)).eval()
+    compressed = compress(model, x)
+    with torch.no_grad():
+        assert relative_error(model(x), compressed(x)) < 1e-5
+    assert (compressed.fc1.in_features, compressed.fc1.out_features, compressed.fc2.in_features) == (16, 16, 16)

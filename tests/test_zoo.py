@@ -72,6 +72,28 @@ def test_the_hidden_features_of_mlps_narrow(name, least):
     assert row["macs"] > least
 
 
+def test_edgenext_compresses_once_the_conv_whose_weight_it_reads_keeps_its_width():
+    """EdgeNeXt's positional encoding asks its conv for ``weight.device``: masked, that conv has no weight
+    and the error says to mark it unprunable (docs/zoo.md). Marked, EdgeNeXt compresses exactly, its MLPs'
+    hidden features narrower, though its tokens come back from attention through a reshape."""
+    timm = pytest.importorskip("timm", reason="timm is not installed")
+    x = torch.randn(2, 3, 96, 96)
+    masked = acosp.SoftTopKPruner(final_sparsity=0.75).configure_model(timm.create_model("edgenext_xx_small"), x)
+    with pytest.raises(AttributeError, match=r"acosp.unprunable\(conv\)"):
+        masked(x)
+
+    def make():
+        model = timm.create_model("edgenext_xx_small")
+        for name, module in model.named_modules():
+            if name.endswith("token_projection"):
+                acosp.unprunable(module)
+        return model
+
+    row = try_network(make, 0.75, True, 96)
+    assert row["exact"], row["error"]
+    assert row["macs"] > 2.5, row["macs"]
+
+
 # timm networks built of its BatchNormAct2d (and its Linear), or of weight-standardised convs (NF-ResNet).
 TIMM_EXACT = ["resnet18", "efficientnet_b0", "regnety_002", "cspresnet50", "ghostnet_100", "nf_resnet26"]
 # Split attention (ResNeSt), ECA's 1-D conv across channels, ConvNeXt-V2's GRN: exact, their inputs whole.
@@ -128,7 +150,7 @@ def test_convs_with_a_forward_of_their_own_shrink_like_plain_ones(name, twin):
         ("deeplabv3_mobilenet_v3_large", ["classifier.4"]),
         ("lraspp_mobilenet_v3_large", ["classifier.low_classifier", "classifier.high_classifier"]),
         ("squeezenet1_0", ["classifier.1"]),
-        ("resnet18", []),  # its classes come from a linear layer, which is never masked
+        ("resnet18", []),  # its classes come from a linear layer, whose outputs are never masked
     ],
 )
 def test_the_convs_that_compute_the_classes_keep_them(name, classifiers):

@@ -149,6 +149,10 @@ class ChannelFlow:
         # value index -> (the tensor whose channel axis a view split into (groups, channels per group),
         # the source channel at each position of the split dimensions, groups): ShuffleNet's channel shuffle.
         self.split_views: dict[int, tuple[Value, torch.Tensor, int]] = {}
+        # node index -> what a layer reads in place of its input, whose channels are not where the layer reads
+        # them (a conv given channels-last data, a linear layer applied across positions): a stand-in at
+        # full width with the channels in the layer's dimension (``input_of``).
+        self.stand_ins: dict[int, Value] = {}
         for value in graph.inputs:
             self._set(value, live=True)
             self._keep_full(value, "a network input")
@@ -172,6 +176,23 @@ class ChannelFlow:
             return
         self.live[value.index] = torch.as_tensor(live).expand(channels).clone()
         self.uniform[value.index] = torch.as_tensor(uniform).expand(channels).clone()
+
+    def input_of(self, call: Node) -> Value:
+        """What a layer call reads, with the channels where the layer reads them."""
+        return self.stand_ins.get(call.index, call.inputs[0])
+
+    def _read_whole(self, node: Node, dim: int, why: str) -> Value:
+        """A layer reads dimension ``dim`` of an input whose channels lie elsewhere: it reads that input
+        whole, through a stand-in at full width with the channels in ``dim``."""
+        source = node.inputs[0]
+        if self.has_pruned(source):
+            self.full_reasons.append(f"{node.where()} {why}")
+        self._keep_full(source, f"{why} in {node.where()}")
+        stand_in = Value(index=-1 - node.index, shape=source.shape, producer=source.producer, channel_dim=dim)
+        self._set(stand_in, live=True, uniform=False)
+        self._keep_full(stand_in, f"{why} in {node.where()}")
+        self.stand_ins[node.index] = stand_in
+        return stand_in
 
     def has_pruned(self, value: Value) -> bool:
         return value.index in self.live and not bool(self.live[value.index].all())
@@ -581,7 +602,7 @@ class ChannelFlow:
         outputs = {value.index for value in self.graph.outputs}
         for index, (_, factors) in list(self.proportional.items()):
             direct = index not in outputs and all(
-                node.kind == "module" and _folds_input(node.target) for node in readers.get(index, [])
+                node.kind == "module" and _folds_input(node.target, node.inputs[0]) for node in readers.get(index, [])
             )
             if not direct:
                 self.uniform[index] &= factors == 0
@@ -617,10 +638,11 @@ class ChannelFlow:
             layer, kept = module.conv, mask.kept
         if isinstance(layer, nn.Linear):
             self._linear(node, layer, kept)
-        elif source.channel_dim != 1:
-            self._needs_full(node, f"reads channels in dimension {source.channel_dim} as if they were in dimension 1")
-        elif isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
-            self._conv(node, layer, torch.ones(layer.out_channels, dtype=torch.bool) if kept is None else kept)
+            return
+        if source.channel_dim != 1:
+            source = self._read_whole(node, 1, f"reads dimension 1 as channels (they are in {source.channel_dim})")
+        if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
+            self._conv(node, source, layer, torch.ones(layer.out_channels, dtype=torch.bool) if kept is None else kept)
         else:  # BatchNorm in eval mode: one affine map per channel
             self._same_channels(node, source)
 
@@ -630,16 +652,14 @@ class ChannelFlow:
         source, output = node.inputs[0], node.outputs[0]
         last = len(source.shape) - 1
         if source.channel_dim != last:  # it reads positions or samples as features: whole, as they are
-            if self.has_pruned(source):
-                self.full_reasons.append(f"{node.where()} reads dimension {last}, where the channels are not")
-            self._keep_full(source, f"read along dimension {last} by {node.where()}")
+            self._read_whole(node, last, f"reads dimension {last} as features (channels: {source.channel_dim})")
         if id(linear) in self.pruned_layers:
             kept = torch.zeros(linear.out_features, dtype=torch.bool)
         output.channel_dim = len(output.shape) - 1
         self._set(output, live=True if kept is None else kept, uniform=True)  # a pruned feature is exactly 0
 
-    def _conv(self, node: Node, conv: nn.Module, kept: torch.Tensor) -> None:
-        source, output = node.inputs[0], node.outputs[0]
+    def _conv(self, node: Node, source: Value, conv: nn.Module, kept: torch.Tensor) -> None:
+        output = node.outputs[0]
         if conv.groups == 1:
             self._set(output, live=kept, uniform=True)  # a pruned output is exactly 0
         elif is_depthwise(conv):  # channel c from channel c
@@ -728,12 +748,12 @@ class ChannelFlow:
         return torch.nonzero(self.required[value.index]).flatten()
 
 
-def _folds_input(module: nn.Module) -> bool:
-    """A layer that is linear in its input channels and reads each of them whole (no groups)."""
+def _folds_input(module: nn.Module, source: Value) -> bool:
+    """A layer that is linear in the channels of ``source`` and reads each of them whole (no groups)."""
     conv = module.conv if isinstance(module, MaskedConv) else module
     if isinstance(conv, nn.Linear):
-        return True
-    return isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) and conv.groups == 1
+        return source.channel_dim == len(source.shape) - 1  # its features are the channels
+    return source.channel_dim == 1 and isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) and conv.groups == 1
 
 
 def _normalized(dim: int, ndim: int) -> int:

@@ -242,7 +242,7 @@ def _narrowed(
     module: nn.Module, call: Node, flow: ChannelFlow, norm: nn.Module | None = None
 ) -> tuple[nn.Module, dict[str, Any]] | None:
     """The narrowed replacement of one layer (with ``norm`` folded in) and its spec entry; None: it stays."""
-    source, output = call.inputs[0], call.outputs[0]
+    source, output = flow.input_of(call), call.outputs[0]
     if isinstance(module, MaskedConv) and isinstance(module.conv, nn.Linear):
         return _narrowed_linear(module.conv, call, flow, module.mask_layer.kept)
     if isinstance(module, MaskedConv):
@@ -361,7 +361,7 @@ def _batch_norm_affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _narrowed_conv(conv: nn.Module, kept: torch.Tensor, call: Node, flow: ChannelFlow, norm: nn.Module | None):
-    source, output = call.inputs[0], call.outputs[0]
+    source, output = flow.input_of(call), call.outputs[0]
     transposed = isinstance(conv, nn.ConvTranspose2d)
     weight = conv.weight.detach().cpu()  # narrowed on the CPU, where the channel indices live
     bias = None if conv.bias is None else conv.bias.detach().cpu()
@@ -464,7 +464,7 @@ def _read_inputs(flow: ChannelFlow, call: Node, conv: nn.Module, layout: torch.T
     split or a slice by sizes written in the code. A conv reading it folds those constants into its
     bias like the channels compression removed, where that saves more than the gather costs.
     """
-    source, output = call.inputs[0], call.outputs[0]
+    source, output = flow.input_of(call), call.outputs[0]
     constant = ~flow.live[source.index][layout] & flow.uniform[source.index][layout]
     skipped, read = int(constant.sum()), int((~constant).sum())
     macs_per_value = outputs * conv.weight[0, 0].numel()  # per input value left out
@@ -553,7 +553,7 @@ def _make_conv(entry, conv, weight, bias, out_index, kernel, fill=None, in_index
 def _narrowed_linear(linear: nn.Linear, call: Node, flow: ChannelFlow, kept: torch.Tensor | None = None):
     """A linear layer reading only the features its input keeps (the dropped constants folded into its bias)
     and computing only those its output keeps; a masked feature that must stay is computed as the 0 it is."""
-    source, output = call.inputs[0], call.outputs[0]
+    source, output = flow.input_of(call), call.outputs[0]
     layout = flow.layout(source)
     out_layout = flow.layout(output) if kept is not None else torch.arange(linear.out_features)
     dropped, multiples = _dropped_inputs(flow, source)
