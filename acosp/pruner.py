@@ -125,20 +125,14 @@ class SoftTopKPruner:
                 "coupled_masks=True finds the convs that share a mask by running the network once: "
                 "call configure_model(model, example_input) with an input the network accepts"
             )
-        gathered: dict = {}
-        self._linears = []
         if example_input is not None:
-            from acosp.compression.coupling import mask_constraints, maskable_linears  # they trace the network
+            from acosp.compression.coupling import mask_plan  # the compression layer traces the network
 
-            if self.linear_masks:
-                self._linears = maskable_linears(model, example_input)
-
-            if self.coupled_masks:
-                groups, self._channel_groups, gathered = mask_constraints(model, example_input, gathered=True)
-            else:
-                groups, self._channel_groups = mask_constraints(model, example_input)
+            plan = mask_plan(model, example_input, gathered=self.coupled_masks, linears=self.linear_masks)
+            groups, gathered = plan["groups"], plan["gathered"]
+            self._channel_groups, self._linears = plan["balanced"], plan["linears"]
         else:
-            groups, self._channel_groups = [], inject.grouped_conv_groups(model)
+            groups, self._channel_groups, gathered, self._linears = [], inject.grouped_conv_groups(model), {}, []
         self._groups = [list(group) for group in groups] if self.coupled_masks else []
         self._gathered = gathered
         if not self.adds_masks:

@@ -69,7 +69,20 @@ def mask_constraints(
 ) -> tuple[list[list[str]], dict[str, int]] | tuple[list[list[str]], dict[str, int], dict]:
     """``(coupled_groups, balanced_groups)`` from one run of the network; with ``gathered`` also
     ``gathered_masks`` (the groups then leave out the convs whose masks are gathered)."""
+    return _constraints(_traced(model, example_input, "coupled masks"), gathered)
+
+
+def mask_plan(model: nn.Module, example_input: torch.Tensor | tuple, gathered: bool, linears: bool) -> dict:
+    """What ``SoftTopKPruner.configure_model`` needs, from one run of the network: ``groups``,
+    ``balanced`` and ``gathered`` (``mask_constraints``) and ``linears`` (``maskable_linears``, or
+    none without ``linears``)."""
     graph = _traced(model, example_input, "coupled masks")
+    groups, balanced, *gathers = _constraints(graph, gathered)
+    names = _maskable_linears(unwrap(model), graph) if linears else []
+    return {"groups": groups, "balanced": balanced, "gathered": gathers[0] if gathers else {}, "linears": names}
+
+
+def _constraints(graph: Graph, gathered: bool) -> tuple:
     flow = ChannelFlow(graph, strict=False)
     tensors = _Sets()  # tensors that are one another, channel by channel
     partial = []
@@ -210,7 +223,10 @@ def maskable_linears(model: nn.Module, example_input: torch.Tensor | tuple) -> l
     network = unwrap(model)
     if not any(is_linear_step(module) for module in network.modules()):
         return []  # no need to run the network
-    graph = _traced(model, example_input, "maskable linears")
+    return _maskable_linears(network, _traced(model, example_input, "maskable linears"))
+
+
+def _maskable_linears(network: nn.Module, graph: Graph) -> list[str]:
     calls = {
         id(node.target): node.target
         for node in graph.nodes
