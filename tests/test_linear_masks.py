@@ -259,3 +259,28 @@ def test_a_masked_mlp_after_a_reshape_that_loses_the_channels_reads_every_featur
     with torch.no_grad():
         assert relative_error(model(x), compressed(x)) < 1e-5
     assert (compressed.fc1.in_features, compressed.fc1.out_features, compressed.fc2.in_features) == (16, 16, 16)
+
+
+class GatedByPosition(nn.Module):
+    """Hidden features scaled by a value per position (a mean over the features, kept as a last dimension of 1)."""
+
+    def __init__(self, dim=16):
+        super().__init__()
+        self.conv = nn.Conv2d(3, dim, 3, padding=1)
+        self.norm = nn.LayerNorm(dim)
+        self.fc1, self.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+
+    def forward(self, x):
+        x = self.conv(x)
+        z = self.norm(x.permute(0, 2, 3, 1))
+        hidden = F.gelu(self.fc1(z)) * torch.sigmoid(z.mean(-1, keepdim=True))
+        return x + self.fc2(hidden).permute(0, 3, 1, 2)
+
+
+def test_hidden_features_scaled_by_a_value_per_position_compress_exactly():
+    torch.manual_seed(0)
+    model = soft_to_hard_k(inject_soft_masks(GatedByPosition(), 0.75, linears=["fc1"])).eval()
+    x = torch.randn(2, 3, 5, 7)
+    compressed = compress(model, x)  # strict: the broadcast is understood, not refused
+    with torch.no_grad():
+        assert relative_error(model(x), compressed(x)) < 1e-5

@@ -362,8 +362,12 @@ class ChannelFlow:
             spatial = any(_size_along(shape, ndim, other) > 1 for other in range(1, ndim) if other != dim)
             moved = value is not None and (value.channel_dim != 1 or dim != 1) and (size > 1 or value.channels != 1)
             if moved and value.channel_dim + ndim - len(shape) != dim:  # its channels are not the output's
-                self._unknown(node, "combines tensors whose channels lie in different dimensions")
-                return
+                if size > 1:
+                    self._needs_full(node, "combines tensors whose channels lie in different dimensions")
+                    return
+                live |= True  # the same value for every channel of a position: it may vary by position
+                uniform &= False
+                continue
             if value is None:  # a parameter or a tensor made in forward
                 if size > 1:
                     self._needs_full(node, "combines channels with a per-channel tensor it does not compute")
@@ -812,17 +816,11 @@ def _swaps_split_dims(node: Node, name: str, ndim: int) -> bool:
 def _permutation(node: Node, name: str, ndim: int) -> list[int] | None:
     """Which input dimension each output dimension of a permute, transpose or movedim is; None if unclear."""
     probe = torch.empty([2 + dim for dim in range(ndim)], device="meta")  # sizes that name the dimensions
-    arguments = [item for item in node.args[1:]]
-    if name == "permute" and len(arguments) == 1 and isinstance(arguments[0], (tuple, list)):
-        arguments = [tuple(arguments[0])]
-    if any(isinstance(item, Ref) for item in leaves(arguments)):
+    arguments = list(node.args[1:])
+    if any(isinstance(item, Ref) for item in leaves((arguments, node.kwargs))):
         return None
     try:
-        moved = (
-            getattr(torch, name)(probe, *arguments, **node.kwargs)
-            if name != "permute"
-            else probe.permute(*arguments, **node.kwargs)
-        )
+        moved = getattr(probe, name)(*arguments, **node.kwargs)
     except (TypeError, RuntimeError, IndexError):
         return None
     return [size - 2 for size in moved.shape]
