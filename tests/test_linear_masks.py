@@ -231,15 +231,19 @@ def test_channels_moved_last_and_read_by_a_conv_stay_whole():
     assert compressed.b.in_channels == 10
 
 
-class TokensBackToImage(nn.Module):
-    """EdgeNeXt's transposed attention block: tokens (N, HW, C) reshaped to (N, H, W, C), where the record
-    loses the channels; then a LayerNorm and an MLP over the last dimension."""
+class ConvThenMLP(nn.Module):
+    """A conv, then a LayerNorm and an MLP over channels moved last; subclasses say how they get there."""
 
     def __init__(self, dim=16):
         super().__init__()
         self.conv = nn.Conv2d(3, dim, 3, padding=1)
         self.norm = nn.LayerNorm(dim)
         self.fc1, self.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+
+
+class TokensBackToImage(ConvThenMLP):
+    """EdgeNeXt's transposed attention block: tokens (N, HW, C) reshaped to (N, H, W, C), where the record
+    loses the channels; then a LayerNorm and an MLP over the last dimension."""
 
     def forward(self, x):
         x = self.conv(x)
@@ -261,14 +265,8 @@ def test_a_masked_mlp_after_a_reshape_that_loses_the_channels_reads_every_featur
     assert (compressed.fc1.in_features, compressed.fc1.out_features, compressed.fc2.in_features) == (16, 16, 16)
 
 
-class GatedByPosition(nn.Module):
+class GatedByPosition(ConvThenMLP):
     """Hidden features scaled by a value per position (a mean over the features, kept as a last dimension of 1)."""
-
-    def __init__(self, dim=16):
-        super().__init__()
-        self.conv = nn.Conv2d(3, dim, 3, padding=1)
-        self.norm = nn.LayerNorm(dim)
-        self.fc1, self.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
 
     def forward(self, x):
         x = self.conv(x)
