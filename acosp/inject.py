@@ -74,9 +74,10 @@ class MaskedConv(nn.Sequential):
         super().__init__(conv, mask)
 
     def takes_prepared_filters(self) -> bool:
-        """Whether a plain conv whose filters acosp.mask_bank can scale (output channels first)."""
+        """Whether a plain conv or linear layer whose filters acosp.mask_bank can scale (output channels first)."""
         conv = self[0]
-        return type(conv).forward is nn.Conv2d.forward and not (conv._forward_hooks or conv._forward_pre_hooks)
+        plain = type(conv).forward in (nn.Conv2d.forward, nn.Linear.forward)
+        return plain and not (conv._forward_hooks or conv._forward_pre_hooks)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         conv, mask_layer = self[0], self[1]
@@ -107,12 +108,19 @@ class MaskedConv(nn.Sequential):
 
     def _linear_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         linear, mask_layer = self[0], self[1]
-        scale = mask_layer.channel_scale() if self.prepared is None else self.prepared[0]
+        prepared = self.prepared
+        scale = mask_layer.channel_scale() if prepared is None else prepared[0]
         plain = not (args or kwargs or linear._forward_hooks or linear._forward_pre_hooks)
-        if not plain or type(linear).forward is not nn.Linear.forward or _output_is_smaller_than_weight(linear, x):
+        if not plain or type(linear).forward is not nn.Linear.forward:
             y = linear(x, *args, **kwargs)
             return y * scale.to(y.dtype)
-        weight, bias = _scaled_parameters(linear, scale)
+        scales_filters = not _output_is_smaller_than_weight(linear, x)
+        if scales_filters != self.scales_filters:
+            self.scales_filters = scales_filters
+        if not scales_filters:
+            y = linear(x)
+            return y * scale.to(y.dtype)
+        weight, bias = _scaled_parameters(linear, scale) if prepared is None or prepared[1] is None else prepared[1:]
         return nn.functional.linear(x, weight, bias)
 
     def __getattr__(self, name: str):

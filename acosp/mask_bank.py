@@ -7,11 +7,12 @@ layer forward and as many backward. Measured on an H200 (AMP, batch 8, 473x473),
 soft-masked step 2.1 times as long as a dense one although the GPU work barely grew.
 
 So, while a network with soft masks trains, a forward pre-hook on the network computes the soft
-masks of all layers at once (their logits padded into one matrix, one row per mask) and scales the
-filters of their convs with one ``torch._foreach_mul`` (only of the convs whose last call scaled
-filters rather than multiplied a smaller output); each ``MaskedConv`` then finds its mask and
-filters ready. A forward hook that runs even when the forward pass fails removes them again. The
-rows compute what ``acosp.masks.sigmoid_soft_top_k`` computes per layer, up to float rounding.
+masks of all layers at once (their logits padded into one matrix, one row per mask; a gathered
+mask takes its source's row at its index) and scales the filters of their convs and linear layers
+with one ``torch._foreach_mul`` (only of those whose last call scaled filters rather than
+multiplied a smaller output); each ``MaskedConv`` then finds its mask and filters ready. A forward
+hook that runs even when the forward pass fails removes them again. The rows compute what
+``acosp.masks.sigmoid_soft_top_k`` computes per layer, up to float rounding.
 
 Hard masks, evaluation, tracing, scripting, compiling and layers called on their own take the
 per-layer path: a hard mask computes nothing, and scaling its filters together measured no faster.
@@ -22,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from acosp.masks import MIN_STD, SigmoidSoftTopK
+from acosp.masks import MIN_STD, GatheredMask, SigmoidSoftTopK
 
 _HOOKED = "_acosp_mask_bank"
 _PREPARED = "_acosp_prepared_convs"
@@ -57,19 +58,19 @@ def _masked_convs(network: nn.Module) -> list[nn.Module]:
 def _prepare(network: nn.Module, args) -> None:
     if not _in_use(network):
         return
-    convs = [
-        conv
-        for conv in _masked_convs(network)
-        if isinstance(conv.mask_layer, SigmoidSoftTopK) and conv.takes_prepared_filters()
-    ]
+    convs = [conv for conv in _masked_convs(network) if _soft_source(conv.mask_layer) and conv.takes_prepared_filters()]
     if not convs:
         return
-    soft = list({id(conv.mask_layer): conv.mask_layer for conv in convs}.values())  # a shared mask once
+    sources = [_soft_source(conv.mask_layer) for conv in convs]
+    soft = list({id(mask): mask for mask in sources}.values())  # a shared mask once
     values = soft_top_k_rows(soft)
     with torch.no_grad():
         torch._foreach_copy_([mask.mask for mask in soft], [value.detach() for value in values])
     scales = {id(mask): value for mask, value in zip(soft, values)}
-    by_conv = [scales[id(conv.mask_layer)] for conv in convs]
+    by_conv = [
+        scales[id(source)] if source is conv.mask_layer else scales[id(source)][conv.mask_layer.index]
+        for conv, source in zip(convs, sources)
+    ]
     # Filters only for the convs whose last call scaled them: the others multiply their (smaller) output.
     filtered = [index for index, conv in enumerate(convs) if conv.scales_filters]
     weights, biases = [None] * len(convs), [None] * len(convs)
@@ -80,6 +81,13 @@ def _prepare(network: nn.Module, args) -> None:
     network.__dict__[_PREPARED] = convs  # what _release clears, without walking the network again
 
 
+def _soft_source(mask_layer: nn.Module) -> SigmoidSoftTopK | None:
+    """The soft mask a mask layer computes from: itself, or a ``GatheredMask``'s source; None for hard ones."""
+    if isinstance(mask_layer, GatheredMask):
+        mask_layer = mask_layer.source
+    return mask_layer if isinstance(mask_layer, SigmoidSoftTopK) else None
+
+
 def _scale_filters(convs: list[nn.Module], scales: list[torch.Tensor], slots: list[int], weights: list, biases: list):
     """Into ``weights[slot]`` and ``biases[slot]``: each conv's filters and bias times its mask, all at once.
 
@@ -88,10 +96,11 @@ def _scale_filters(convs: list[nn.Module], scales: list[torch.Tensor], slots: li
     filters = [conv.weight for conv in convs]
     if any(weight.dtype != filters[0].dtype for weight in filters):
         return
-    joined = torch.cat(scales).to(filters[0].dtype)  # one concatenation, two splits: for filters and biases
-    sizes = [len(scale) for scale in scales]
-    flat, filter_scales = joined.split(sizes), joined.view(-1, 1, 1, 1).split(sizes)
-    for slot, weight in zip(slots, torch._foreach_mul(filters, list(filter_scales))):
+    joined = torch.cat(scales).to(filters[0].dtype)  # one concatenation, one split: for filters and biases
+    flat = joined.split([len(scale) for scale in scales])
+    # Output channels first: a conv's filters [out, in, kh, kw], a linear layer's [out, in].
+    filter_scales = [scale.view(-1, *[1] * (weight.dim() - 1)) for scale, weight in zip(flat, filters)]
+    for slot, weight in zip(slots, torch._foreach_mul(filters, filter_scales)):
         weights[slot] = weight
     with_bias = [index for index, conv in enumerate(convs) if conv.bias is not None]
     if with_bias:

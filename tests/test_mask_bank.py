@@ -158,3 +158,37 @@ def test_configuring_twice_hooks_the_network_once():
     pruner = SoftTopKPruner(final_sparsity=0.5, min_remaining_elements=2)
     model = pruner.configure_model(pruner.configure_model(SmallCNN()))
     assert len(model._forward_pre_hooks) == 1 and len(model._forward_hooks) == 1
+
+
+@pytest.mark.parametrize("kind", ["linear layers", "gathered masks"])
+def test_linear_layers_and_gathered_masks_are_prepared_with_the_rest(kind):
+    """Masked linear layers (an MLP's hidden features) and convs whose mask is gathered from another group's
+    (GhostNet's shortcuts) take their masks and scaled filters from the batch too, with the same gradients."""
+    from test_gathered_masks import X as ghost_input
+    from test_gathered_masks import ghost_network
+    from test_linear_masks import X as mlp_input
+    from test_linear_masks import network as mlp_network
+
+    from acosp.masks import GatheredMask
+
+    torch.manual_seed(0)
+    if kind == "linear layers":
+        model, x = mlp_network(), mlp_input
+        model = SoftTopKPruner(final_sparsity=0.5).configure_model(model, x).train()
+        chosen = model.blocks[0].fc1
+        assert isinstance(chosen.conv, nn.Linear)
+    else:
+        model, x = ghost_network(), ghost_input
+        model = SoftTopKPruner(final_sparsity=0.5, coupled_masks=True).configure_model(model, x).train()
+        masked = [module for module in model.modules() if isinstance(module, MaskedConv)]
+        chosen = next(module for module in masked if isinstance(module.mask_layer, GatheredMask))
+    seen = []
+    chosen.register_forward_pre_hook(lambda module, args: seen.append(module.prepared))
+    twin = per_layer_copy(model)
+    for network in (model, twin):
+        torch.manual_seed(1)  # the same dropout in both
+        network(x).square().mean().backward()
+    assert seen[0] is not None and seen[0][1] is not None  # the mask and the scaled filters, ready
+    torch.testing.assert_close(seen[0][0], chosen.mask_layer.channel_scale().detach())
+    for (name, a), (_, b) in zip(model.named_parameters(), twin.named_parameters()):
+        assert (a.grad - b.grad).abs().max() <= 1e-4 * b.grad.abs().max() + 1e-6, name
