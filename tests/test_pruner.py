@@ -390,8 +390,14 @@ def test_the_state_is_the_settings_declared_once():
 
 
 def test_running_the_network_at_configure_time_leaves_the_masks_logits_as_they_were():
-    """Finding layer scales, coupled groups or maskable linears must not draw from the random stream
-    that initialises the masks: the same seed gives the same logits with or without an example input."""
+    """Finding layer scales, convs with a forward of their own, coupled groups or maskable linears must not
+    draw from the random stream that initialises the masks: the same seed gives the same logits with or
+    without an example input."""
+
+    class StandardisedConv(nn.Conv2d):
+        def forward(self, x):
+            weight = (self.weight - self.weight.mean((1, 2, 3), keepdim=True)) / (self.weight.std() + 1e-5)
+            return nn.functional.conv2d(x, weight, self.bias, self.stride, self.padding)
 
     class LayerScale(nn.Module):
         def __init__(self):
@@ -403,7 +409,7 @@ def test_running_the_network_at_configure_time_leaves_the_masks_logits_as_they_w
 
     def logits(example_input):
         torch.manual_seed(0)
-        model = nn.Sequential(nn.Conv2d(3, 8, 3), LayerScale(), nn.Conv2d(8, 8, 3))
+        model = nn.Sequential(nn.Conv2d(3, 8, 3), LayerScale(), StandardisedConv(8, 8, 3), nn.Conv2d(8, 8, 3))
         model = SoftTopKPruner().configure_model(model, example_input)
         return torch.cat([mask.weight.detach() for mask in soft_masks(model)])
 

@@ -18,6 +18,7 @@ import copy
 import torch
 from torch import nn
 
+from acosp.compression.trace import random_probe
 from acosp.inject import MaskedConv
 from acosp.masks import ChannelMask, GatheredMask, SigmoidSoftTopK
 
@@ -56,9 +57,7 @@ def is_channelwise_layer(layer: nn.Module) -> bool:
     training = layer.training
     layer.eval()
     try:
-        # Its own generator: finding the layers leaves the random stream (the masks' initial logits) alone.
-        generator = torch.Generator(device=reference.device).manual_seed(0)
-        x = torch.randn(2, channels, 5, 5, generator=generator, device=reference.device).to(reference.dtype)
+        x = random_probe((2, channels, 5, 5), reference)
         y = layer(x.clone())  # a copy: the layer may scale its input in place
         if not isinstance(y, torch.Tensor) or y.shape != x.shape:
             return False

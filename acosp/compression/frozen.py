@@ -16,6 +16,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from acosp.compression.layers import SamePaddedConv2d
+from acosp.compression.trace import random_probe
 from acosp.inject import MaskedConv
 
 
@@ -39,8 +40,7 @@ def frozen_conv(conv: nn.Conv2d) -> nn.Conv2d | None:
     TensorFlow's 'same' does (timm's ``Conv2dSame``); None when its forward does anything else, or
     fails on a small random input (it is then traced as it is)."""
     reach = [(size - 1) * dilation + 1 for size, dilation in zip(conv.kernel_size, conv.dilation)]
-    x = torch.randn(2, conv.in_channels, 2 * reach[0] + 3, 2 * reach[1] + 3, dtype=conv.weight.dtype)
-    x = x.to(conv.weight.device)
+    x = random_probe((2, conv.in_channels, 2 * reach[0] + 3, 2 * reach[1] + 3), conv.weight)
     recorder = _Conv2dCalls()
     try:
         with torch.no_grad(), recorder:
@@ -59,16 +59,21 @@ def frozen_conv(conv: nn.Conv2d) -> nn.Conv2d | None:
         return None
     weight, bias = bound["weight"].detach(), bound.get("bias")
     layer_type = SamePaddedConv2d if padded_first else nn.Conv2d
-    frozen = layer_type(
-        conv.in_channels,
-        conv.out_channels,
-        tuple(weight.shape[2:]),
-        stride=bound.get("stride", 1),
-        padding=bound.get("padding", 0),
-        dilation=bound.get("dilation", 1),
-        groups=bound.get("groups", 1),
-        bias=bias is not None,
-    ).to(device=weight.device, dtype=weight.dtype)
+    frozen = (
+        layer_type(
+            conv.in_channels,
+            conv.out_channels,
+            tuple(weight.shape[2:]),
+            stride=bound.get("stride", 1),
+            padding=bound.get("padding", 0),
+            dilation=bound.get("dilation", 1),
+            groups=bound.get("groups", 1),
+            bias=bias is not None,
+            device="meta",  # no initialisation drawn from the random stream: the values are copied in below
+        )
+        .to_empty(device=weight.device)
+        .to(dtype=weight.dtype)
+    )
     with torch.no_grad():
         frozen.weight.copy_(weight)
         if bias is not None:
@@ -76,8 +81,8 @@ def frozen_conv(conv: nn.Conv2d) -> nn.Conv2d | None:
         # The padding may depend on the size (on its parity, for a strided conv): odd and even sizes, tall
         # and wide, and every remainder of the stride.
         sizes = [(x.shape[2] + i, x.shape[3] + i + 1) for i in range(max(frozen.stride) + 1)] if padded_first else []
-        for size in [tuple(x.shape[2:]), *sizes]:
-            probe = x if size == tuple(x.shape[2:]) else torch.randn(*x.shape[:2], *size).to(x)
+        for number, size in enumerate([tuple(x.shape[2:]), *sizes]):
+            probe = x if number == 0 else random_probe((*x.shape[:2], *size), x, seed=number)
             wanted = expected if probe is x else conv(probe)
             result = frozen(probe)
             if result.shape != wanted.shape or not torch.allclose(result, wanted, rtol=1e-4, atol=1e-5):

@@ -128,6 +128,16 @@ def tensors_in(structure: Any) -> Iterator[torch.Tensor]:
     return (item for item in leaves(structure) if isinstance(item, torch.Tensor))
 
 
+def random_probe(shape: tuple[int, ...], like: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """A random input to find out what a layer computes, on ``like``'s device and in its dtype.
+
+    Drawn from a generator of its own, so that looking at a network (``configure_model`` does) leaves
+    the global random stream, and with it the masks' initial logits, as it was.
+    """
+    generator = torch.Generator(device=like.device).manual_seed(seed)
+    return torch.randn(shape, generator=generator, device=like.device).to(like.dtype)
+
+
 def snapshot(tensor: torch.Tensor, along_last: bool = False) -> Snapshot | None:
     if tensor.dim() < 2 or tensor.numel() == 0 or not tensor.is_floating_point():
         return None
