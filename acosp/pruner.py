@@ -129,12 +129,10 @@ class SoftTopKPruner:
             from acosp.compression.coupling import mask_plan  # the compression layer traces the network
 
             plan = mask_plan(model, example_input, gathered=self.coupled_masks, linears=self.linear_masks)
-            groups, gathered = plan["groups"], plan["gathered"]
-            self._channel_groups, self._linears = plan["balanced"], plan["linears"]
-        else:
-            groups, self._channel_groups, gathered, self._linears = [], inject.grouped_conv_groups(model), {}, []
-        self._groups = [list(group) for group in groups] if self.coupled_masks else []
-        self._gathered = gathered
+        else:  # only the grouped convs' own masks keep their channels even over the groups
+            plan = {"groups": [], "balanced": inject.grouped_conv_groups(model), "gathered": {}, "linears": []}
+        self._groups = [list(group) for group in plan["groups"]] if self.coupled_masks else []
+        self._channel_groups, self._gathered, self._linears = plan["balanced"], plan["gathered"], plan["linears"]
         if not self.adds_masks:
             return model  # L1 selection: the masks come when pruning ends
         model = self._inject(model)
