@@ -89,17 +89,11 @@ class MaskedConv(nn.Sequential):
         transposed = forward is nn.ConvTranspose2d.forward and conv.padding_mode == "zeros"
         if forward is not nn.Conv2d.forward and not transposed:
             return mask_layer(conv(x))
-        prepared = self.prepared
-        scale = mask_layer.channel_scale() if prepared is None else prepared[0]
-        scales_filters = not _output_is_smaller_than_weight(conv, x)
-        if scales_filters != self.scales_filters:
-            self.scales_filters = scales_filters
-        if not scales_filters:
+        scale = self._mask_scale()
+        scaled = self._scaled_filters(conv, x, scale)
+        if scaled is None:
             return conv(x) * scale.to(x.dtype).reshape(1, -1, *([1] * (x.dim() - 2)))
-        if prepared is None or prepared[1] is None:
-            weight, bias = _scaled_parameters(conv, scale)
-        else:
-            weight, bias = prepared[1:]
+        weight, bias = scaled
         if transposed:
             return nn.functional.conv_transpose2d(
                 x, weight, bias, conv.stride, conv.padding, conv.output_padding, conv.groups, conv.dilation
@@ -107,21 +101,31 @@ class MaskedConv(nn.Sequential):
         return conv._conv_forward(x, weight, bias)
 
     def _linear_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        linear, mask_layer = self[0], self[1]
-        prepared = self.prepared
-        scale = mask_layer.channel_scale() if prepared is None else prepared[0]
+        linear = self[0]
+        scale = self._mask_scale()
         plain = not (args or kwargs or linear._forward_hooks or linear._forward_pre_hooks)
-        if not plain or type(linear).forward is not nn.Linear.forward:
-            y = linear(x, *args, **kwargs)
-            return y * scale.to(y.dtype)
-        scales_filters = not _output_is_smaller_than_weight(linear, x)
+        if plain and type(linear).forward is nn.Linear.forward:
+            scaled = self._scaled_filters(linear, x, scale)
+            if scaled is not None:
+                return nn.functional.linear(x, *scaled)
+        y = linear(x, *args, **kwargs)
+        return y * scale.to(y.dtype)
+
+    def _mask_scale(self) -> torch.Tensor:
+        """The mask's channel scale, as ``acosp.mask_bank`` prepared it or computed now."""
+        return self[1].channel_scale() if self.prepared is None else self.prepared[0]
+
+    def _scaled_filters(self, layer: nn.Module, x: torch.Tensor, scale: torch.Tensor) -> tuple | None:
+        """``layer``'s filters and bias times ``scale`` (as the mask bank prepared them, or computed now),
+        or None where multiplying the layer's smaller output is cheaper. Remembers the route in
+        ``scales_filters``, which tells the mask bank what to prepare for the next call."""
+        scales_filters = not _output_is_smaller_than_weight(layer, x)
         if scales_filters != self.scales_filters:
             self.scales_filters = scales_filters
         if not scales_filters:
-            y = linear(x)
-            return y * scale.to(y.dtype)
-        weight, bias = _scaled_parameters(linear, scale) if prepared is None or prepared[1] is None else prepared[1:]
-        return nn.functional.linear(x, weight, bias)
+            return None
+        prepared = self.prepared
+        return _scaled_parameters(layer, scale) if prepared is None or prepared[1] is None else prepared[1:]
 
     def __getattr__(self, name: str):
         try:
