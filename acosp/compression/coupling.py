@@ -232,6 +232,8 @@ def _maskable_linears(network: nn.Module, graph: Graph) -> list[str]:
         for node in graph.nodes
         if node.kind == "module" and is_linear_step(node.target) and not getattr(node.target, "unprunable", False)
     }
+    if not calls:
+        return []  # no need to follow the channels again
     flow = ChannelFlow(graph, strict=False, pruned_layers=frozenset(calls))
     free = {key: module.out_features > 1 for key, module in calls.items()}
     for node in graph.nodes:
